@@ -1,0 +1,307 @@
+"""Run configuration: every knob of the iReasoner trainer, with SPEC.md's defaults.
+
+One pydantic model per concern (model, LoRA, sampling, rewards, KL, optimiser, schedule,
+data, checkpointing, performance), gathered in ``TrainConfig``. Validation happens at load
+time so that a wrong value fails before any model is built, with an error naming the field
+and the value. Ablations (paper tables 2 and 3) are named presets of field overrides, applied
+by ``apply_ablation``; the resulting config records which one it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDED_MODEL = "embedded"
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in a YAML key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        EMBEDDED_MODEL,
+        description="'embedded' for the locally built tiny Qwen2.5-VL, a local directory, or a hub id "
+        "such as Qwen/Qwen2.5-VL-7B-Instruct (used only if its weights are already in the local cache "
+        "or the machine can reach the hub).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' = bfloat16 where the device supports it, else float32 (SPEC: bf16)."
+    )
+    attn_implementation: str = Field("sdpa", description="'sdpa' (default), 'eager' or 'flash_attention_2'.")
+    embedded_cache_dir: Path | None = Field(
+        None, description="Where the embedded model is built and cached (default ~/.cache/ireasoner/embedded)."
+    )
+    max_image_pixels: int = Field(
+        448 * 448, gt=0, description="Images are resized by the processor to at most this many pixels."
+    )
+
+
+class LoRAConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Projection names adapted in the language model.",
+    )
+    train_vision: bool = Field(
+        False,
+        description="Also adapt matching modules of the vision tower. Off by default: SPEC.md trains the "
+        "language model only (a bare name list would silently match the visual MLP).",
+    )
+
+
+class SamplingConfig(_Section):
+    num_rollouts: int = Field(5, gt=0, description="N, Solver rollouts per (image, question) (SPEC eq. 1).")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    solver_max_new_tokens: int = Field(256, gt=0)
+    proposer_max_new_tokens: int = Field(128, gt=0)
+
+
+class RewardConfig(_Section):
+    gamma_density: float = Field(0.7, ge=0.0, description="Eq. 2: rho = (|G|/N)^gamma_density.")
+    min_group: int = Field(2, ge=1, description="Dominant groups smaller than this get zero step reward.")
+    step_embed_max_tokens: int = Field(64, gt=0, description="Eq. 3: tokens per step text that are embedded.")
+    position_decay: float = Field(0.15, ge=0.0, description="Eq. 4: w_j = exp(-decay (j-1)).")
+    max_reasoning_steps: int = Field(8, gt=0, description="Steps parsed per rollout (paper table 3).")
+    length_target_words: int = Field(64, gt=0, description="Eq. 5: L, words before <answer>.")
+    alpha: float = Field(0.7, ge=0.0, description="Eq. 5: exponent on p(a_i).")
+    eta: float = Field(0.05, ge=0.0, le=1.0, description="Eq. 5: length-penalty weight.")
+    answer_reward: Literal["soft", "discrete"] = Field(
+        "soft", description="'soft' = p(a_i)^alpha (eq. 5); 'discrete' = 1[a_i = dominant answer]."
+    )
+    lambda_start: float = Field(0.0, ge=0.0, le=1.0, description="Eq. 6 warm-up: lambda before the ramp.")
+    lambda_end: float = Field(0.7, ge=0.0, le=1.0, description="Eq. 6 warm-up: lambda at the end of training.")
+    warmup_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Eq. 6 warm-up: f, fraction held at lambda_start.")
+    proposer_mu_h: float = Field(0.90, description="Proposer reward centre mu_H (nats).")
+    proposer_sigma_h: float = Field(0.35, gt=0.0, description="Proposer reward width sigma_H (nats).")
+
+
+class KLConfig(_Section):
+    beta_init: float = Field(1e-3, ge=0.0, description="Eq. 8: initial beta for each role.")
+    target: float = Field(0.02, gt=0.0, description="Eq. 8: tau, target KL per token.")
+    gain: float = Field(0.10, ge=0.0, description="Eq. 8: k.")
+    beta_min: float = Field(1e-8, ge=0.0)
+    beta_max: float = Field(100.0, gt=0.0)
+    estimator: Literal["exact", "sampled"] = Field(
+        "exact",
+        description="'exact' = sum over the vocabulary (SPEC default); 'sampled' = the k3 estimator on the "
+        "sampled token only (cheaper, unbiased, different variance).",
+    )
+    chunk_tokens: int = Field(
+        64, gt=0, description="Completion positions per chunk in the exact KL, so the full [rollouts x tokens x "
+        "vocab] tensor is never held at once."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "KLConfig":
+        if self.beta_min > self.beta_max:
+            raise ValueError(f"beta_min={self.beta_min} must not exceed beta_max={self.beta_max}")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    baseline_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="EMA baseline: b <- m b + (1-m) r.")
+
+
+class ScheduleConfig(_Section):
+    iterations: int = Field(2500, gt=0, description="T, global iterations (one image each by default).")
+    proposer_update_every: int = Field(5, gt=0, description="One Proposer update every k iterations.")
+    update_mode: Literal["batched", "per_rollout"] = Field(
+        "batched",
+        description="'batched' = one optimiser step per image batch, loss averaged over rollouts; "
+        "'per_rollout' = one step per rollout, as in the authors' release.",
+    )
+    images_per_iteration: int = Field(1, gt=0, description="Images per iteration and process (paper: 1).")
+    rollout_batch_size: int | None = Field(
+        None, gt=0, description="Sequences per generate/forward call; None = all images x N at once."
+    )
+
+
+class DataConfig(_Section):
+    image_dir: Path | None = Field(None, description="Folder of unlabeled images (None with the embedded model: synthetic).")
+    manifest: Path | None = Field(None, description="A pool manifest (JSON) written by the pool sampler; wins over image_dir.")
+    include_subfolders: bool = Field(True, description="Also scan first-level sub-folders.")
+    pool_size: int | None = Field(None, gt=0, description="Sample at most this many images (None = all).")
+    synthetic_images: int = Field(64, gt=0, description="Images generated when no folder is given.")
+
+
+class CheckpointConfig(_Section):
+    output_dir: Path = Field(Path("runs/default"), description="Run directory: checkpoints, JSONL, config.")
+    every: int = Field(50, gt=0, description="Save a checkpoint every this many iterations (and at the end).")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept on disk.")
+    resume: bool = Field(True, description="Resume from the newest complete checkpoint in output_dir.")
+    save_adapters_only_at_end: bool = False
+
+
+class PerfConfig(_Section):
+    gradient_checkpointing: bool = False
+    use_cache: bool = Field(True, description="KV cache during generation.")
+    compile: bool = Field(False, description="torch.compile the language model's forward (GPU only helps).")
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "soft_only": {"rewards.lambda_start": 0.0, "rewards.lambda_end": 0.0},
+    "step_only": {"rewards.lambda_start": 1.0, "rewards.lambda_end": 1.0},
+    "no_warmup": {"rewards.lambda_start": 0.7, "rewards.lambda_end": 0.7},
+    "no_position_decay": {"rewards.position_decay": 0.0},
+    "no_density": {"rewards.gamma_density": 0.0},
+    "no_length_penalty": {"rewards.eta": 0.0},
+    "soft_gamma_0.5": {"rewards.alpha": 0.5},
+    "soft_gamma_1.0": {"rewards.alpha": 1.0},
+    "discrete": {"rewards.answer_reward": "discrete", "rewards.lambda_start": 0.0, "rewards.lambda_end": 0.0},
+    "discrete_plus_step": {"rewards.answer_reward": "discrete"},
+    "max_steps_4": {"rewards.max_reasoning_steps": 4},
+    "max_steps_6": {"rewards.max_reasoning_steps": 6},
+    "max_steps_8": {"rewards.max_reasoning_steps": 8},
+    "max_steps_10": {"rewards.max_reasoning_steps": 10},
+}
+"""SPEC.md's ablation table as overrides of the full method. ``no_warmup`` sets lambda to
+lambda_end from the first iteration; it reads lambda_end's default (0.7) when applied."""
+
+TABLE2_ABLATIONS = [
+    "full", "soft_only", "step_only", "no_warmup", "no_position_decay", "no_density",
+    "no_length_penalty", "soft_gamma_0.5", "soft_gamma_1.0", "discrete", "discrete_plus_step",
+]
+TABLE3_ABLATIONS = ["max_steps_4", "max_steps_6", "max_steps_8", "max_steps_10"]
+
+
+class TrainConfig(_Section):
+    run_name: str = "ireasoner"
+    seed: int = Field(0, ge=0)
+    ablation: str = Field("full", description="Name from SPEC.md's ablation table; applied by apply_ablation.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    rewards: RewardConfig = Field(default_factory=RewardConfig)
+    kl: KLConfig = Field(default_factory=KLConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    perf: PerfConfig = Field(default_factory=PerfConfig)
+    log_diagnostics_every: int = Field(
+        50, gt=0, description="Every this many iterations, log figure 7's leave-one-out step similarities."
+    )
+    progress_bar: bool = True
+
+    @field_validator("ablation")
+    @classmethod
+    def _known_ablation(cls, v: str) -> str:
+        if v not in ABLATIONS:
+            raise ValueError(f"unknown ablation {v!r}; known: {', '.join(ABLATIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _data_source(self) -> "TrainConfig":
+        d = self.data
+        if d.manifest is not None and not Path(d.manifest).is_file():
+            raise ValueError(f"data.manifest: file not found: {d.manifest}")
+        if d.manifest is None and d.image_dir is not None and not Path(d.image_dir).is_dir():
+            raise ValueError(f"data.image_dir: folder not found: {d.image_dir}")
+        if d.manifest is None and d.image_dir is None and self.model.name_or_path != EMBEDDED_MODEL:
+            raise ValueError("data.image_dir: required unless model.name_or_path is 'embedded' (synthetic images)")
+        if self.rewards.min_group > self.sampling.num_rollouts:
+            raise ValueError(
+                f"rewards.min_group={self.rewards.min_group} exceeds sampling.num_rollouts={self.sampling.num_rollouts}"
+            )
+        return self
+
+    def hash(self) -> str:
+        """Stable short hash of everything that changes what is trained (not where it is written)."""
+        payload = self.model_dump(mode="json", exclude={"checkpoint", "progress_bar", "run_name"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, e.g. {'rewards.alpha': 0.7, ...}: MLflow params, sweep overrides."""
+        return _flatten(self.model_dump(mode="json"))
+
+    def to_yaml(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the value."""
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 source: str = "<dict>") -> TrainConfig:
+    """Validate a nested dict plus dotted overrides, then apply the named ablation."""
+    raw: dict[str, Any] = json.loads(json.dumps(data or {}, default=str))
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    ablation = raw.get("ablation", "full")
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"invalid configuration ({source}):\n  ablation: unknown ablation {ablation!r}; "
+                          f"known: {', '.join(ABLATIONS)}")
+    for key, value in ABLATIONS[ablation].items():
+        _set_dotted(raw, key, value)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config file, apply dotted overrides and the named ablation, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+    return build_config(data, overrides, source=str(path))
+
+
+def apply_ablation(cfg: TrainConfig, name: str) -> TrainConfig:
+    """Return a copy of ``cfg`` with the ablation ``name`` applied (SPEC.md ablation table)."""
+    data = cfg.model_dump(mode="json")
+    data["ablation"] = name
+    return build_config(data, source=f"ablation {name}")

@@ -1,0 +1,1 @@
+"""Unlabeled image pools and the synthetic image generator of the embedded default."""
