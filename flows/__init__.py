@@ -1,0 +1,1 @@
+"""Prefect flows: the `ireasoner` flow and its sub-flows."""

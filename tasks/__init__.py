@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that call ireasoner_core and log to MLflow."""

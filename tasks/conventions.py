@@ -1,0 +1,49 @@
+"""Names shared by every writer and reader of the MLflow store.
+
+Reports are rebuilt from MLflow alone, so the flow (writer) and the report command (reader)
+must agree on these names; keep them here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+
+EXPERIMENT = "ireasoner"
+REGISTERED_MODEL = "ireasoner-solver"       # each trained solver adapter becomes a version of it
+LATEST_ALIAS = "latest"
+
+# Tags
+TAG_KIND = "ireasoner.kind"                 # "sweep" on the parent run, "variant" on child runs
+KIND_SWEEP = "sweep"
+KIND_VARIANT = "variant"
+TAG_VARIANT = "ireasoner.variant"           # ablation name, or "baseline" for the untrained model
+TAG_SEED = "ireasoner.seed"
+TAG_CONFIG_HASH = "ireasoner.config_hash"
+TAG_DATA_HASH = "ireasoner.data_hash"       # PoolManifest.hash()
+TAG_CODE_HASH = "ireasoner.code_hash"       # git commit (+ "-dirty")
+TAG_LOCK_HASH = "ireasoner.lock_hash"       # sha256 of requirements.lock
+TAG_STATUS = "ireasoner.status"             # "finished" | "failed" | "skipped"
+TAG_FLOW_RUN_ID = "prefect.flow_run_id"
+TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+TAG_FAILED_VARIANTS = "ireasoner.failed_variants"
+
+BASELINE = "baseline"
+
+# Metrics
+TRAIN_PREFIX = "train/"                     # per-iteration signals, step = global iteration
+EVAL_PREFIX = "eval/"                       # eval/<task> = headline score in [0, 100]
+
+# Artifacts (paths inside a run's artifact root)
+ARTIFACT_METRICS_JSONL = "train/metrics.jsonl"
+ARTIFACT_CONFIG = "train/config.yaml"
+ARTIFACT_ADAPTERS = "adapters"              # adapters/solver, adapters/proposer
+EVAL_SAMPLES_DIR = "eval_samples"           # eval_samples/<task>.jsonl: {"doc_id", "score", ...} per item
+RESULTS_TABLE = "results_table.json"        # mlflow.log_table on the parent run
+FIGURES_DIR = "figures"
+
+_METRIC_BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names may not contain commas (lmms-eval keys look like 'relaxed_overall,none')."""
+    return _METRIC_BAD.sub("_", name.replace(",none", "").replace(",", "_"))
