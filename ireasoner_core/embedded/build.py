@@ -1,0 +1,85 @@
+"""Build the embedded model into a directory: tokenizer, processor, tiny Qwen2.5-VL, warm-start,
+``save_pretrained`` of each, and ``BUILD.json`` written last (its presence marks a complete build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from ireasoner_core import prompts
+from ireasoner_core.data.synthetic import generate_synthetic, read_ground_truth
+from ireasoner_core.embedded.architecture import build_processor, generation_config, tiny_config
+from ireasoner_core.embedded.corpus import corpus_texts
+from ireasoner_core.embedded.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
+BUILD_FILE = "BUILD.json"
+BUILD_SEED = 1234
+# Bump when the architecture, corpus or warm-start recipe changes: a new version is a new cache dir.
+_RECIPE_VERSION = "0"
+# The first recipe ships the untrained model so the trainer can be developed against it.
+WARM_START = False
+# Items whose QA text trains the tokenizer (cheap: text only, but generate_synthetic draws them).
+TOKENIZER_ITEMS = 200
+
+
+def build_version() -> str:
+    """Cache key: the recipe version plus a hash of the prompt text the warm-start teaches."""
+    text = "\x00".join([_RECIPE_VERSION, prompts.PROPOSER_INSTRUCTION, prompts.SOLVER_INSTRUCTION,
+                        prompts.FALLBACK_QUESTION, CHAT_TEMPLATE])
+    return f"v{_RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: bool = True) -> dict:
+    """Write a complete embedded model to ``out_dir`` (which must be empty or absent); returns BUILD.json."""
+    t0 = time.time()
+    warm_start = WARM_START if warm_start is None else warm_start
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(BUILD_SEED)
+    with tempfile.TemporaryDirectory(prefix="ireasoner-synthetic-") as scratch:
+        generate_synthetic(Path(scratch), TOKENIZER_ITEMS, seed=BUILD_SEED)
+        items = read_ground_truth(Path(scratch))
+    tokenizer = train_tokenizer(corpus_texts(items))
+    processor = build_processor(tokenizer)
+    config = tiny_config(tokenizer)
+    torch.manual_seed(BUILD_SEED)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = generation_config(tokenizer)
+
+    info: dict = {"build_version": build_version(), "seed": BUILD_SEED, "warm_start": None}
+    if warm_start:
+        from ireasoner_core.embedded.warmstart import warm_start as run_warm_start
+
+        info["warm_start"] = run_warm_start(model, processor, progress=progress)
+
+    model.eval()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    info.update(
+        parameters=sum(p.numel() for p in model.parameters()),
+        vocab_size=len(tokenizer),
+        architecture={"text": {k: getattr(config.text_config, k) for k in
+                               ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                "intermediate_size", "vocab_size")},
+                      "vision": {k: getattr(config.vision_config, k) for k in
+                                 ("depth", "hidden_size", "num_heads", "patch_size", "spatial_merge_size",
+                                  "window_size", "out_hidden_size")}},
+        seconds=round(time.time() - t0, 2),
+    )
+    (out_dir / BUILD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+    return info

@@ -1,0 +1,237 @@
+"""Backbone loading, and the embedded default: a tiny Qwen2.5-VL built and cached locally.
+
+``load_backbone`` loads any Qwen2.5-VL checkpoint the same way, whether it is
+``Qwen/Qwen2.5-VL-7B-Instruct`` from the local Hugging Face cache, a local directory, or the
+embedded model that ``ensure_embedded_model`` builds (nothing is ever downloaded for it).
+
+The embedded model
+------------------
+Real Qwen2.5-VL components (``Qwen2_5_VLForConditionalGeneration``, ``Qwen2_5_VLProcessor``,
+a Qwen2 byte-level BPE tokenizer, Qwen's chat layout), shrunk until a CPU can build, warm-start
+and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
+
+* language model: hidden 128, 4 layers, 4 attention heads of dim 32 with 2 key/value heads
+  (grouped-query attention as in Qwen2.5-VL), SwiGLU MLP 384, M-RoPE sections [4, 6, 6]
+  (= head_dim/2, the 7B's [16, 24, 24] proportions), untied LM head as in the 7B. Four layers,
+  not one, so LoRA on q/k/v/o/gate/up/down has several places to act; 128 wide so a
+  forward/backward over 5 rollouts of ~250 tokens takes well under a second on one CPU core.
+* vision tower: 2 blocks, hidden 64, 4 heads, patch 14, temporal patch 2, spatial merge 2,
+  window 112 px with the last block global (``fullatt_block_indexes``), so windowed and full
+  attention and the 2x2 patch merger all run exactly as in the 7B; out_hidden_size = 128.
+* processor: images resized to 56x56 .. 224x224 pixels, i.e. 4 .. 64 merged image tokens, so a
+  rollout prompt stays ~150 tokens.
+* tokenizer: byte-level BPE (Qwen2's pre-tokenizer, one digit per token) trained on the prompt
+  text and the synthetic QA (~2k tokens), Qwen2.5-VL's 14 special tokens, and the role format
+  tags ``<think> </think> <answer> </answer> <question> </question> <rationale> </rationale>``
+  as single non-special tokens (decode keeps them).
+
+About 1-3 M parameters. The warm-start (``embedded/warmstart.py``) fine-tunes all of them on
+synthetic chart/diagram/geometry images so both roles emit their tags before self-evolution.
+
+The cache is ``<cache_dir>/<build-version>/`` (default ``~/.cache/ireasoner/embedded``, or
+``$IREASONER_EMBEDDED_CACHE``). A build happens in a temporary sibling directory under a file
+lock and is renamed into place once ``BUILD.json`` is written, so a half-built directory is never
+loaded and concurrent processes build once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+from ireasoner_core.config import EMBEDDED_MODEL, ModelConfig
+from ireasoner_core.embedded.build import BUILD_FILE, build_embedded, build_version
+
+CACHE_ENV = "IREASONER_EMBEDDED_CACHE"
+QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model path does not exist or does not hold a Qwen2.5-VL checkpoint; the message names it."""
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """'auto' = bfloat16 on a GPU that supports it (SPEC: bf16), float32 elsewhere; names honoured."""
+    if name in _DTYPES:
+        return _DTYPES[name]
+    if name != "auto":
+        raise ValueError(f"model.dtype: unknown dtype {name!r}; expected 'auto' or one of {sorted(_DTYPES)}")
+    device = torch.device(device)
+    # bf16 matmuls on CPU are emulated and several times slower than float32.
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_cache_root() -> Path:
+    """Where embedded builds live unless a config names a directory."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "ireasoner" / "embedded"
+
+
+def is_complete_build(path: Path) -> bool:
+    """A build directory counts only once its BUILD.json (written last) is there."""
+    return (Path(path) / BUILD_FILE).is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # flock is released by the kernel if the holder dies, so a crashed build never wedges others.
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_embedded_model(cache_dir: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
+    """Return the directory of the embedded model, building it once (atomically, under a lock)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    root = root.expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    version = build_version()
+    final = root / version
+    if not force and is_complete_build(final):
+        return final
+    with _file_lock(root / f".{version}.lock"):
+        # Another process may have finished the build while this one waited for the lock.
+        if not force and is_complete_build(final):
+            return final
+        # Holding the lock, any leftover temporary directory is from a build that died.
+        for stale in root.glob(f".{version}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.building-", dir=root))
+        if progress:
+            print(f"[ireasoner] building the embedded model {version} (one time, a few minutes on CPU)",
+                  file=sys.stderr, flush=True)
+        try:
+            build_embedded(tmp, progress=progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():  # incomplete leftover, or force: move aside first so the rename is atomic
+            old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=root))
+            os.rename(final, old / "build")
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+    return final
+
+
+def resolve_model_path(model_cfg: ModelConfig) -> str:
+    """'embedded' -> the cached embedded build (built on first use); anything else as given."""
+    if model_cfg.name_or_path == EMBEDDED_MODEL:
+        return str(ensure_embedded_model(model_cfg.embedded_cache_dir))
+    return model_cfg.name_or_path
+
+
+def _looks_local(name: str) -> bool:
+    # A hub id is exactly "owner/name"; anything absolute, relative-dotted, ~ or deeper is a path.
+    return (name.startswith(("/", ".", "~")) or name.count("/") != 1 or os.sep != "/" and os.sep in name)
+
+
+def _check_qwen2_5_vl(path: str) -> None:
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"model.name_or_path: {path} is a file, expected a model directory")
+        cfg_file = local / "config.json"
+        if not cfg_file.is_file():
+            raise ModelLoadError(f"model.name_or_path: {path} has no config.json; not a Qwen2.5-VL checkpoint")
+        try:
+            model_type = json.loads(cfg_file.read_text()).get("model_type")
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"model.name_or_path: {cfg_file} is not valid JSON: {err}") from None
+    elif _looks_local(path):
+        raise ModelLoadError(f"model.name_or_path: directory not found: {path}")
+    else:
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except OSError as err:
+            raise ModelLoadError(
+                f"model.name_or_path: {path} is neither a local directory nor available from the Hugging Face "
+                f"cache or hub (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {err}"
+            ) from None
+    if model_type != QWEN2_5_VL_MODEL_TYPE:
+        raise ModelLoadError(
+            f"model.name_or_path: {path} holds model_type {model_type!r}, expected {QWEN2_5_VL_MODEL_TYPE!r} "
+            "(a Qwen2.5-VL checkpoint)"
+        )
+
+
+def _cap_image_pixels(processor: ProcessorMixin, max_pixels: int) -> None:
+    """Resize images to at most ``max_pixels`` (never above the checkpoint's own limit)."""
+    ip = processor.image_processor
+    size = dict(ip.size) if ip.size is not None else {}
+    saved_max = size.get("longest_edge") or size.get("max_pixels") or max_pixels
+    new_max = min(int(saved_max), int(max_pixels))
+    new_min = min(int(size.get("shortest_edge") or size.get("min_pixels") or new_max), new_max)
+    ip.size = {"shortest_edge": new_min, "longest_edge": new_max}
+    # Older processor versions read these attributes instead of the size dict.
+    for attr, value in (("max_pixels", new_max), ("min_pixels", new_min)):
+        if hasattr(ip, attr):
+            setattr(ip, attr, value)
+
+
+def load_backbone(model_cfg: ModelConfig, device: torch.device | str = "cpu",
+                  dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Frozen Qwen2.5-VL in eval mode plus its processor (left padding, pad token set)."""
+    path = resolve_model_path(model_cfg)
+    _check_qwen2_5_vl(path)
+    device = torch.device(device)
+    dtype = dtype if dtype is not None else resolve_dtype(model_cfg.dtype, device)
+    local = Path(path).expanduser()
+    source = str(local) if local.exists() else path
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        source, dtype=dtype, attn_implementation=model_cfg.attn_implementation
+    )
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+
+    processor = AutoProcessor.from_pretrained(source)
+    _cap_image_pixels(processor, model_cfg.max_image_pixels)
+    tok = processor.tokenizer
+    # Batched generation appends to the right end of every row.
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor
+
+
+def build_embedded_main(argv: Sequence[str] | None = None) -> int:
+    """`ireasoner build-embedded`: build (or find) the embedded model and print its directory."""
+    parser = argparse.ArgumentParser(prog="ireasoner build-embedded",
+                                     description="Build the embedded tiny Qwen2.5-VL model and cache it.")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"cache root (default ${CACHE_ENV} or ~/.cache/ireasoner/embedded)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a complete build is cached")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    path = ensure_embedded_model(args.cache_dir, force=args.force, progress=not args.quiet)
+    if not args.quiet:
+        info = json.loads((path / BUILD_FILE).read_text())
+        print(f"[ireasoner] embedded model {info['build_version']}: {info['parameters']:,} parameters, "
+              f"built in {info['seconds']} s", file=sys.stderr)
+    print(path)
+    return 0
