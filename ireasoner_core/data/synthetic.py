@@ -10,14 +10,16 @@ byte-identical PNGs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -73,7 +75,7 @@ class SyntheticItem:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SyntheticItem":
+    def from_dict(cls, d: dict[str, Any]) -> SyntheticItem:
         return cls(
             id=d["id"], kind=d["kind"], image=d["image"],
             qa=[QA(**q) for q in d["qa"]], meta=d["meta"],
@@ -300,12 +302,12 @@ def _diagram(rng: random.Random, c: _Canvas, occurrence: int) -> tuple[list[QA],
         c.draw.rounded_rectangle([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2], radius=6 * k,
                                  fill=(236, 244, 236), outline=_BLACK, width=max(1, round(2 * k)))
         c.text((x, y), name)
-    for (x0, y0), (x1, y1) in zip(centres, centres[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(centres):
         c.arrow((x0, y0 + bh / 2), (x1, y1 - bh / 2))
 
     i = rng.randrange(n - 1)
     j = rng.randrange(1, n)
-    edges = [[a, b] for a, b in zip(chain, chain[1:])]
+    edges = [[a, b] for a, b in itertools.pairwise(chain)]
     others = [o for o in HERBIVORES + PREDATORS + TOP_PREDATORS if o not in chain]
     distractors = chain[1:] + rng.sample(others, 3)
     qa = [

@@ -1,0 +1,216 @@
+"""The unlabeled image pool: scan folders, skip corrupt files, sample deterministically, record a manifest.
+
+The trainer sees images only through a ``PoolManifest``: absolute paths in training order, fixed
+by the seed, so that a resumed run continues the same image order and two runs with the same
+manifest hash saw the same data. Files that cannot be read are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from ireasoner_core.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+_SHOWN_SKIPPED = 5  # corrupt files named in an error message before "and N more"
+
+
+def _created_by() -> str:
+    # From the installed distribution, not ireasoner_core.__version__: the package may be imported
+    # as a namespace package (editable install), where __init__ attributes are missing.
+    try:
+        return f"ireasoner_core.data.pool {version('ireasoner')}"
+    except PackageNotFoundError:
+        return "ireasoner_core.data.pool"
+
+
+class ImagePoolError(ValueError):
+    """A folder, image file or manifest of the pool that cannot be used; the message names it."""
+
+
+@dataclass
+class ScanResult:
+    """Readable images (sorted absolute paths) and the image files skipped, with the reason."""
+
+    images: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _verify(path: Path) -> str | None:
+    """None if PIL can parse the file's structure, else why not (cheap: no pixel decoding)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 -- PIL raises OSError, SyntaxError, struct.error, DecompressionBombError...
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _candidate_files(folder: Path, include_subfolders: bool) -> list[Path]:
+    files: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if _is_hidden(entry):
+            continue
+        if entry.is_dir():
+            # One level only: a deep tree is more likely a dataset dump with splits than one pool.
+            if include_subfolders:
+                files.extend(p for p in sorted(entry.iterdir()) if not _is_hidden(p) and p.is_file())
+        elif entry.is_file():
+            files.append(entry)
+    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def _describe_skipped(skipped: Sequence[tuple[Path, str]]) -> str:
+    shown = "; ".join(f"{p.name} ({reason})" for p, reason in skipped[:_SHOWN_SKIPPED])
+    more = f"; and {len(skipped) - _SHOWN_SKIPPED} more" if len(skipped) > _SHOWN_SKIPPED else ""
+    return f"{len(skipped)} files skipped as corrupt" + (f": {shown}{more}" if skipped else "")
+
+
+def scan_images(folder: Path, include_subfolders: bool = True) -> ScanResult:
+    """Readable image files in folder (and its first-level sub-folders); corrupt ones are listed as skipped."""
+    folder = Path(folder).expanduser().absolute()
+    if not folder.exists():
+        raise ImagePoolError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise ImagePoolError(f"image folder is not a directory: {folder}")
+    result = ScanResult()
+    for path in _candidate_files(folder, include_subfolders):
+        reason = _verify(path)
+        if reason is None:
+            result.images.append(path)
+        else:
+            result.skipped.append((path, reason))
+    if not result.images:
+        raise ImagePoolError(
+            f"no readable images in {folder} ({_describe_skipped(result.skipped)}; "
+            f"looked for {', '.join(IMAGE_EXTENSIONS)}"
+            f"{' in the folder and its first-level sub-folders' if include_subfolders else ''})"
+        )
+    result.images.sort(key=str)
+    return result
+
+
+class PoolManifest(BaseModel):
+    """The sampled pool: source folders, seed, size and the images in training order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str]
+    seed: int
+    size: int | None = Field(None, description="Requested pool size (None = every readable image).")
+    images: list[str] = Field(description="Absolute paths, in training order.")
+    skipped: list[dict] = Field(default_factory=list, description="{'path', 'reason'} per corrupt file.")
+    created_by: str = Field(default_factory=_created_by)
+    notes: list[str] = Field(default_factory=list, description="E.g. fewer images available than requested.")
+
+    def hash(self) -> str:
+        """16 hex digits identifying the pool's content and order (sources, seed, size, images)."""
+        payload = json.dumps(
+            {"sources": self.sources, "seed": self.seed, "size": self.size, "images": self.images},
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+    def write(self, path: Path) -> Path:
+        """Write as JSON, atomically (a crash never leaves half a manifest)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> PoolManifest:
+        path = Path(path)
+        if not path.is_file():
+            raise ImagePoolError(f"pool manifest not found: {path}")
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
+            )
+            raise ImagePoolError(f"invalid pool manifest {path}: {problems}") from e
+
+
+def sample_pool(sources: Sequence[Path], size: int | None, seed: int,
+                include_subfolders: bool = True) -> PoolManifest:
+    """Scan every source folder, shuffle the sorted union with random.Random(seed), keep the first `size`."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    if not sources:
+        raise ImagePoolError("no image folders given to sample the pool from")
+    if size is not None and size < 1:
+        raise ImagePoolError(f"pool size must be a positive number of images or None (all), got {size}")
+    roots = [Path(s).expanduser().absolute() for s in sources]
+    images: set[Path] = set()
+    skipped: dict[Path, str] = {}
+    for root in roots:
+        scan = scan_images(root, include_subfolders)
+        images.update(scan.images)
+        skipped.update(scan.skipped)
+    # Sorting first makes the order independent of file-system listing order and source order.
+    order = sorted(images, key=str)
+    random.Random(seed).shuffle(order)
+    notes = []
+    if size is not None and size > len(order):
+        notes.append(f"requested {size} images but only {len(order)} are readable; using all of them")
+        logger.warning("pool: %s (sources: %s)", notes[-1], ", ".join(map(str, roots)))
+    kept = order if size is None else order[:size]
+    return PoolManifest(
+        sources=[str(r) for r in roots],
+        seed=seed,
+        size=size,
+        images=[str(p) for p in kept],
+        skipped=[{"path": str(p), "reason": r} for p, r in sorted(skipped.items(), key=lambda kv: str(kv[0]))],
+        notes=notes,
+    )
+
+
+def manifest_from_config(data: DataConfig, seed: int) -> PoolManifest | None:
+    """The pool a run config asks for: its manifest file, else a sample of image_dir, else None (synthetic)."""
+    if data.manifest is not None:
+        return PoolManifest.read(data.manifest)
+    if data.image_dir is not None:
+        return sample_pool([data.image_dir], data.pool_size, seed, data.include_subfolders)
+    return None
+
+
+def load_image(path: Path | str) -> Image.Image:
+    """Decode one pool image as RGB; ImagePoolError naming the file if it cannot be decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImagePoolError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # Phone photos store their rotation in EXIF; the model should see them upright.
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # Transparent regions become white, not the arbitrary colour stored under alpha 0.
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return im.convert("RGB")
+    except Exception as e:  # decoding errors come in many PIL types; the trainer counts and skips them
+        raise ImagePoolError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
