@@ -10,7 +10,7 @@ import re
 
 EXPERIMENT = "ireasoner"
 REGISTERED_MODEL = "ireasoner-solver"       # each trained solver adapter becomes a version of it
-LATEST_ALIAS = "latest"
+LATEST_ALIAS = "current"                    # MLflow reserves the alias "latest"; models:/ireasoner-solver@current
 
 # Tags
 TAG_KIND = "ireasoner.kind"                 # "sweep" on the parent run, "variant" on child runs

@@ -1,0 +1,149 @@
+"""MLflow runs of a sweep: the experiment, the parent run, child runs, skip look-up, the registry.
+
+Everything takes run ids and a client explicitly (the fluent API's active run is
+thread-local, and Prefect tasks run in worker threads). The default store is a SQLite file
+and an artifact folder in the repository, so the embedded default needs no server;
+``MLFLOW_TRACKING_URI`` points every process at a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tasks.conventions import (
+    EXPERIMENT,
+    KIND_SWEEP,
+    KIND_VARIANT,
+    LATEST_ALIAS,
+    REGISTERED_MODEL,
+    TAG_CODE_HASH,
+    TAG_CONFIG_HASH,
+    TAG_DATA_HASH,
+    TAG_KIND,
+    TAG_LOCK_HASH,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_VARIANT,
+)
+from tasks.provenance import REPO_ROOT
+
+DEFAULT_DB = REPO_ROOT / "mlflow.db"
+DEFAULT_ARTIFACTS = REPO_ROOT / "mlartifacts"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the repository's SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def ui_base_url(uri: str) -> str:
+    """Where a person opens the MLflow UI for this store (IREASONER_MLFLOW_UI_URL wins)."""
+    if os.environ.get("IREASONER_MLFLOW_UI_URL"):
+        return os.environ["IREASONER_MLFLOW_UI_URL"].rstrip("/")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return "http://127.0.0.1:5000"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT) -> str:
+    """Create the experiment once, before variants fan out (parallel creators would race)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:") and client.tracking_uri == f"sqlite:///{DEFAULT_DB}":
+        # Keep artifacts beside the database, not in ./mlruns of whatever directory we run from.
+        location = DEFAULT_ARTIFACTS.as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def provenance_tags(code: str, lock: str, data: str) -> dict[str, str]:
+    return {TAG_CODE_HASH: code, TAG_LOCK_HASH: lock, TAG_DATA_HASH: data}
+
+
+def create_parent_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    run = client.create_run(experiment_id, run_name=name, tags={TAG_KIND: KIND_SWEEP, **tags})
+    return run.info.run_id
+
+
+def create_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, run_name: str,
+                     variant: str, seed: int, config_hash: str, tags: dict[str, str],
+                     params: dict[str, Any]) -> str:
+    """A child run of the sweep for one variant × seed, with the flattened run config as params."""
+    run = client.create_run(experiment_id, run_name=run_name, tags={
+        "mlflow.parentRunId": parent_run_id, TAG_KIND: KIND_VARIANT, TAG_VARIANT: variant,
+        TAG_SEED: str(seed), TAG_CONFIG_HASH: config_hash, **tags})
+    run_id = run.info.run_id
+    log_params(client, run_id, params)
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+
+def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str, seed: int,
+                          config_hash: str, data_hash: str, code_hash: str) -> Any | None:
+    """The newest child run that finished with the same variant, seed, config, data and code: a skip."""
+    def q(v: str) -> str:
+        return v.replace("'", "\\'")
+    flt = (f"tags.`{TAG_KIND}` = '{KIND_VARIANT}' and tags.`{TAG_VARIANT}` = '{q(variant)}' "
+           f"and tags.`{TAG_SEED}` = '{seed}' and tags.`{TAG_CONFIG_HASH}` = '{q(config_hash)}' "
+           f"and tags.`{TAG_DATA_HASH}` = '{q(data_hash)}' and tags.`{TAG_CODE_HASH}` = '{q(code_hash)}' "
+           f"and tags.`{TAG_STATUS}` = 'finished' and attributes.status = 'FINISHED'")
+    runs = client.search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def finish_run(client: MlflowClient, run_id: str, ok: bool, status_tag: str, error: str | None = None) -> None:
+    client.set_tag(run_id, TAG_STATUS, status_tag)
+    if error:
+        client.set_tag(run_id, "ireasoner.error", error[:5000])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def register_solver(client: MlflowClient, run_id: str, artifact_path: str, variant: str,
+                    tags: dict[str, str]) -> str:
+    """Register the run's solver adapter as a new version of REGISTERED_MODEL; move the aliases to it."""
+    try:
+        client.create_registered_model(REGISTERED_MODEL, description="iReasoner solver LoRA adapters "
+                                       "(peft directories) trained by the ireasoner flow.")
+    except MlflowException as err:
+        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = client.create_model_version(REGISTERED_MODEL, source=source, run_id=run_id,
+                                     tags={TAG_VARIANT: variant, **tags})
+    client.set_registered_model_alias(REGISTERED_MODEL, LATEST_ALIAS, mv.version)
+    client.set_registered_model_alias(REGISTERED_MODEL, f"{LATEST_ALIAS}-{_alias_safe(variant)}", mv.version)
+    return str(mv.version)
+
+
+def _alias_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def log_artifact_dir(client: MlflowClient, run_id: str, local: Path, artifact_path: str) -> None:
+    if Path(local).is_dir():
+        client.log_artifacts(run_id, str(local), artifact_path)

@@ -1,0 +1,165 @@
+"""MLflow side of a training run: per-iteration signals as step metrics, batched.
+
+The trainer reports each global iteration as one ``metrics.jsonl`` record (keys in
+docs/architecture.md). ``MlflowTrainLogger`` turns those records into ``train/<key>`` step
+metrics of one child run, whether they arrive in-process through the trainer's callback
+interface or from a subprocess through ``JsonlFollower``, which tails the run's
+``metrics.jsonl``. Run ids are always passed explicitly: MLflow's active-run stack is
+thread-local and Prefect runs tasks in worker threads.
+
+A record is logged once per step. After a retry resumes from checkpoint k, the trainer redoes
+iterations k+1.. that may already be in MLflow; those steps are not logged a second time, so
+every metric history has exactly one point per iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from tasks.conventions import TRAIN_PREFIX, metric_name
+
+try:  # the trainer's callback base class; duck-typed if the core is older than the contract
+    from ireasoner_core.callbacks import TrainerCallback
+except ImportError:  # pragma: no cover - only while ireasoner_core.callbacks is missing
+    TrainerCallback = object  # type: ignore[assignment,misc]
+
+# Keys of a metrics.jsonl record that are not per-iteration signals (the step itself, text).
+NON_METRIC_KEYS = {"iteration", "question", "answers"}
+# MLflow's log_batch accepts at most 1000 metrics per call.
+MAX_BATCH = 1000
+
+
+def record_to_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """Numeric signals of one metrics.jsonl record as ``train/<key>`` MLflow metric values."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in NON_METRIC_KEYS or value is None:
+            continue
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, (int, float)):
+            continue
+        out[metric_name(TRAIN_PREFIX + key)] = float(value)
+    return out
+
+
+LAST_STEP_TAG = "ireasoner.last_logged_step"
+
+
+def last_logged_step(client: MlflowClient, run_id: str) -> int:
+    """Highest iteration already sent to the run (0 when none): where a resumed run's logging continues."""
+    return int(client.get_run(run_id).data.tags.get(LAST_STEP_TAG, 0))
+
+
+class MlflowTrainLogger(TrainerCallback):
+    """Trainer callback: per-iteration records → ``train/*`` step metrics of one MLflow run.
+
+    Records are buffered and sent with one ``log_batch`` call every ``flush_every`` iterations
+    or ``flush_seconds`` seconds (per-metric calls cost one round trip each), and at every
+    checkpoint and at the end, so a killed run loses at most what came after its last flush.
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None, flush_every: int = 10,
+                 flush_seconds: float = 15.0, logger: Any = None):
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.logger = logger
+        self._pending: list[Metric] = []
+        self._pending_records = 0
+        self._last_flush = time.monotonic()
+        self.last_step = last_logged_step(self.client, run_id)
+        self.logged_records = 0
+
+    # -- TrainerCallback -------------------------------------------------------------------
+    def on_train_start(self, cfg: Any, start_iteration: int) -> None:
+        self.client.set_tag(self.run_id, "ireasoner.start_iteration", str(start_iteration))
+        if self.logger is not None:
+            self.logger.info("training starts at global iteration %d (MLflow has steps up to %d)",
+                             start_iteration, self.last_step)
+
+    def on_iteration(self, record: dict[str, Any]) -> None:
+        step = int(record["iteration"])
+        if step <= self.last_step:
+            return  # redone after a resume: this step is already in MLflow
+        now_ms = int(time.time() * 1000)
+        self._pending.extend(Metric(k, v, now_ms, step) for k, v in record_to_metrics(record).items())
+        self._pending_records += 1
+        self.last_step = step
+        if self.logger is not None:
+            self.logger.info("iteration %d: %s", step, _summary(record))
+        if self._pending_records >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def on_checkpoint(self, path: Path, iteration: int) -> None:
+        self.flush()
+        self.client.set_tag(self.run_id, "ireasoner.last_checkpoint", str(iteration))
+
+    def on_train_end(self, result: Any) -> None:
+        self.flush()
+
+    # -------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Send buffered metrics in chunks of at most MAX_BATCH."""
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[i:i + MAX_BATCH], synchronous=True)
+        if pending:
+            self.client.set_tag(self.run_id, LAST_STEP_TAG, str(max(m.step for m in pending)))
+        self.logged_records += self._pending_records
+        self._pending_records = 0
+        self._last_flush = time.monotonic()
+
+
+def _summary(record: dict[str, Any]) -> str:
+    keys = ("r_sol_mean", "answer_entropy", "group_size", "kl_solver", "lambda")
+    parts = []
+    for k in keys:
+        v = record.get(k)
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+            parts.append(f"{k}={v:.4g}")
+    return " ".join(parts)
+
+
+class JsonlFollower:
+    """Tail a metrics.jsonl that another process appends to; yields each complete new record.
+
+    The trainer rewrites the file on resume (records past the checkpoint are dropped), so a
+    file that shrinks is read again from the start; duplicates are the logger's concern.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> Iterator[dict[str, Any]]:
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return
+        if size < self._offset:
+            self._offset, self._partial = 0, b""
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+            self._offset = f.tell()
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an unterminated last line waits for its newline
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

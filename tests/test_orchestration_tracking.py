@@ -1,0 +1,83 @@
+"""The MLflow logger of training signals, the JSONL follower and the run helpers, on synthetic records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.conventions import KIND_VARIANT, TAG_KIND, TAG_STATUS
+from tasks.runs import create_child_run, create_parent_run, ensure_experiment, find_finished_variant, finish_run
+from tasks.tracking import JsonlFollower, MlflowTrainLogger, record_to_metrics
+
+
+def _record(it: int) -> dict:
+    return {"iteration": it, "lambda": 0.1 * it, "r_sol_mean": 0.5, "proposer_updated": True,
+            "question": "how many bars?", "answers": ["3", "4"], "kl_solver": None, "group_size": 3}
+
+
+@pytest.fixture()
+def client(tmp_path):
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_record_to_metrics_keeps_numbers_drops_text_and_step():
+    m = record_to_metrics({**_record(2), "weird,name": 1.5})
+    # iteration is the step, question/answers are text, None is missing: none become metrics.
+    assert m == {"train/lambda": pytest.approx(0.2), "train/r_sol_mean": 0.5, "train/proposer_updated": 1.0,
+                 "train/group_size": 3.0, "train/weird_name": 1.5}
+
+
+def test_logger_batches_and_skips_steps_already_logged(client):
+    exp = client.create_experiment("t")
+    run_id = client.create_run(exp).info.run_id
+    log = MlflowTrainLogger(run_id, client=client, flush_every=3, flush_seconds=1e9)
+    for it in (1, 2):
+        log.on_iteration(_record(it))
+    assert client.get_metric_history(run_id, "train/lambda") == []  # buffered, not yet sent
+    log.on_iteration(_record(3))  # third record triggers a flush
+    assert [m.step for m in client.get_metric_history(run_id, "train/lambda")] == [1, 2, 3]
+
+    # A retry resumed from checkpoint 2 redoes iteration 3: a fresh logger must not log it twice.
+    log2 = MlflowTrainLogger(run_id, client=client, flush_every=100)
+    assert log2.last_step == 3
+    for it in (3, 4, 5):
+        log2.on_iteration(_record(it))
+    log2.on_train_end(None)
+    hist = client.get_metric_history(run_id, "train/lambda")
+    assert sorted(m.step for m in hist) == [1, 2, 3, 4, 5]
+    assert math.isclose(max(hist, key=lambda m: m.step).value, 0.5)
+
+
+def test_follower_reads_complete_lines_and_restarts_after_truncation(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    f = JsonlFollower(p)
+    assert list(f.poll()) == []  # not created yet
+    p.write_text(json.dumps(_record(1)) + "\n" + '{"iteration": 2, "lam')  # torn last line
+    assert [r["iteration"] for r in f.poll()] == [1]
+    with p.open("a") as fh:
+        fh.write('bda": 0.2}\n')
+    assert [r["iteration"] for r in f.poll()] == [2]
+    p.write_text(json.dumps(_record(1)) + "\n")  # resume rewrote the file shorter
+    assert [r["iteration"] for r in f.poll()] == [1]
+
+
+def test_skip_lookup_matches_only_finished_runs_with_same_hashes(client):
+    exp = ensure_experiment(client, "ireasoner-test")
+    parent = create_parent_run(client, exp, "sweep", {})
+    tags = {"ireasoner.data_hash": "d1", "ireasoner.code_hash": "c1"}
+    a = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {"rewards.alpha": 0.7})
+    assert client.get_run(a).data.tags[TAG_KIND] == KIND_VARIANT
+    assert client.get_run(a).data.params["rewards.alpha"] == "0.7"
+    assert find_finished_variant(client, exp, "full", 0, "h1", "d1", "c1") is None  # still running
+    finish_run(client, a, ok=True, status_tag="finished")
+    b = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {})
+    finish_run(client, b, ok=False, status_tag="failed", error="boom")
+    found = find_finished_variant(client, exp, "full", 0, "h1", "d1", "c1")
+    assert found is not None and found.info.run_id == a
+    assert client.get_run(b).data.tags[TAG_STATUS] == "failed"
+    for other in (("full", 1, "h1", "d1", "c1"), ("full", 0, "h2", "d1", "c1"), ("full", 0, "h1", "d2", "c1"),
+                  ("full", 0, "h1", "d1", "c2"), ("soft_only", 0, "h1", "d1", "c1")):
+        assert find_finished_variant(client, exp, *other) is None
