@@ -1,0 +1,94 @@
+"""How the trainer reports: a small callback interface, a JSONL writer and a progress bar.
+
+The orchestration layer (tasks/) implements its MLflow logger as one more callback; the core
+never imports it. Only the main process calls callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .trainer import TrainResult
+
+
+class TrainerCallback:
+    """Override what you need; every hook is a no-op here."""
+
+    def on_train_start(self, cfg: "TrainConfig", start_iteration: int) -> None: ...
+
+    def on_iteration(self, record: dict[str, Any]) -> None: ...
+
+    def on_checkpoint(self, path: Path, iteration: int) -> None: ...
+
+    def on_train_end(self, result: "TrainResult") -> None: ...
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None     # JSON has no NaN; null reads back unambiguously
+    return v
+
+
+class JsonlLogger(TrainerCallback):
+    """One JSON object per iteration, flushed and fsynced so a killed run keeps every finished line."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """On resume: drop records past the checkpoint, so the file shows one history."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def on_iteration(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a metrics/diagnostics JSONL file (a torn last line from a crash is ignored)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class ProgressBar(TrainerCallback):
+    """tqdm bar over global iterations with the signals a researcher watches."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def on_train_start(self, cfg: "TrainConfig", start_iteration: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, initial=start_iteration, desc=f"train {cfg.ablation}", unit="it",
+                        dynamic_ncols=True)
+
+    def on_iteration(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix(r_sol=f"{record['r_sol_mean']:.3f}", H=f"{record['answer_entropy']:.2f}",
+                             G=f"{record['group_size']:.1f}", kl=f"{record['kl_solver']:.2e}", refresh=False)
+
+    def on_train_end(self, result: "TrainResult") -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,497 @@
+"""The iReasoner self-evolution loop (SPEC.md, "One training iteration"), top to bottom.
+
+Per global iteration t, on each process:
+
+1. take ``images_per_iteration`` images from the pool (a pure function of t and the process
+   rank, so a resumed run sees the images it would have seen);
+2. the Proposer samples one question per image; the Solver samples N rollouts per question;
+3. parse, embed steps, compute the rewards of eq. 1-6 with lambda(t) from the global iteration;
+4. one KL-regularised REINFORCE update of the Solver (eq. 7), either batched (one optimiser
+   step, loss averaged over rollouts) or per rollout (one step each, as the authors' release);
+   every ``proposer_update_every`` iterations the same for the Proposer with r^p = g(H);
+5. EMA baselines after each reward and the KL controller of eq. 8 after each update, per role.
+
+Data parallelism (``accelerate launch``): every process takes different images and the LoRA
+gradients are averaged with one all-reduce per update; rewards entering the baselines and the
+KL entering the controller are shared too, so every process holds identical adapters,
+baselines and betas. Only the main process writes files and calls callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+from . import checkpoint as ckpt
+from .callbacks import JsonlLogger, ProgressBar, TrainerCallback
+from .config import EMBEDDED_MODEL, TrainConfig
+from .data.pool import ImagePoolError, PoolManifest, load_image, sample_pool
+from .model import resolve_dtype
+from .parsing import parse_question, parse_rollout
+from .policy import ROLES, Policy, RolloutBatch
+from .prompts import FALLBACK_QUESTION
+from .rewards import (kl_controller, leave_one_out, proposer_reward, solver_rewards, update_baseline,
+                      warmup_lambda)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    iterations: int
+    start_iteration: int
+    solver_adapter: Path
+    proposer_adapter: Path
+    metrics_path: Path
+    seconds: float
+    images_skipped: int
+    config_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class RoleState:
+    """Per-role scalars of eq. 7-8 that persist across iterations."""
+
+    baseline: float = 0.0
+    beta: float = 1e-3
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    kl: float = 0.0
+    grad_norm: float = 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()):
+        self.cfg = cfg
+        self.acc = Accelerator()
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.out = Path(cfg.checkpoint.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.diag_path = self.out / "diagnostics.jsonl"
+        self.main = self.acc.is_main_process
+        self.jsonl = JsonlLogger(self.metrics_path)
+        self.callbacks: list[TrainerCallback] = []
+        if self.main:
+            self.callbacks = [self.jsonl, *callbacks]
+            if cfg.progress_bar:
+                self.callbacks.append(ProgressBar(cfg.schedule.iterations))
+        self.images_skipped = 0
+
+        # Identical LoRA initialisation on every process, then a distinct sampling stream per rank.
+        _seed_everything(cfg.seed)
+        dtype = resolve_dtype(cfg.model.dtype, self.acc.device)
+        self.policy = Policy(cfg.model, cfg.lora, cfg.perf, self.acc.device, dtype)
+        self.opt = {
+            role: torch.optim.AdamW(self.policy.params[role], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            for role in ROLES
+        }
+        self.state = {role: RoleState(beta=cfg.kl.beta_init) for role in ROLES}
+        _seed_everything(cfg.seed + 1000 * self.rank + 1)
+        self.pool = self._prepare_pool()
+
+    # ----------------------------------------------------------------------------- data
+    def _prepare_pool(self) -> list[str]:
+        d = self.cfg.data
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if d.manifest is not None:
+            manifest = PoolManifest.read(d.manifest)
+        else:
+            folder = d.image_dir
+            if folder is None:
+                if self.cfg.model.name_or_path != EMBEDDED_MODEL:
+                    raise ImagePoolError("data.image_dir is required for a non-embedded model")
+                folder = self.out / "synthetic_images"
+                if self.main:
+                    from .data.synthetic import generate_synthetic
+
+                    if not (folder / "ground_truth.jsonl").exists():
+                        generate_synthetic(folder, d.synthetic_images, seed=self.cfg.seed)
+                self.acc.wait_for_everyone()
+            manifest = sample_pool([Path(folder)], d.pool_size, self.cfg.seed, d.include_subfolders)
+        self.images_skipped = len(manifest.skipped)
+        if self.main:
+            manifest.write(self.out / "pool.json")
+        return list(manifest.images)
+
+    def _image_path(self, slot: int) -> str:
+        n = len(self.pool)
+        epoch, pos = divmod(slot, n)
+        if epoch == 0:
+            return self.pool[pos]
+        order = list(self.pool)
+        random.Random(self.cfg.seed + epoch).shuffle(order)
+        return order[pos]
+
+    def _images_for(self, iteration: int):
+        """Images of this process at a global iteration; unreadable ones are skipped and counted."""
+        m = self.cfg.schedule.images_per_iteration
+        base = ((iteration - 1) * self.world + self.rank) * m
+        images, skipped = [], 0
+        for k in range(m):
+            slot = base + k
+            for attempt in range(len(self.pool)):
+                try:
+                    images.append(load_image(self._image_path(slot + attempt * self.world * m)))
+                    break
+                except ImagePoolError:
+                    skipped += 1
+            else:
+                raise ImagePoolError("no image in the pool can be decoded")
+        return images, skipped
+
+    # ----------------------------------------------------------------------------- resume
+    def _resume(self) -> int:
+        c = self.cfg.checkpoint
+        latest = ckpt.latest_checkpoint(self.ckpt_root) if c.resume else None
+        if latest is None:
+            if self.main and not c.resume:
+                shutil.rmtree(self.ckpt_root, ignore_errors=True)
+                for p in (self.metrics_path, self.diag_path):
+                    p.unlink(missing_ok=True)
+            if self.main and c.resume:
+                # no complete checkpoint: whatever lines a crashed run left describe nothing we keep
+                for p in (self.metrics_path, self.diag_path):
+                    p.unlink(missing_ok=True)
+            self.acc.wait_for_everyone()
+            return 0
+        state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if state["config_hash"] != self.cfg.hash():
+            raise RuntimeError(
+                f"{self.out} holds checkpoints of a different configuration (hash {state['config_hash']} != "
+                f"{self.cfg.hash()}); use another checkpoint.output_dir or set checkpoint.resume=false"
+            )
+        for role in ROLES:
+            weights = load_peft_weights(str(latest / "adapters" / role), device=str(self.acc.device))
+            set_peft_model_state_dict(self.policy.model, weights, adapter_name=role)
+            self.opt[role].load_state_dict(state["optimizer"][role])
+            self.state[role] = RoleState(**state["roles"][role])
+        self.images_skipped = state.get("images_skipped", self.images_skipped)
+        rng_file = latest / f"rng-rank{self.rank}.pt"
+        if rng_file.exists() and state.get("world", 1) == self.world:
+            _set_rng(torch.load(rng_file, weights_only=False))
+        iteration = state["iteration"]
+        if self.main:
+            self.jsonl.truncate_after(iteration)
+            JsonlLogger(self.diag_path).truncate_after(iteration)
+        self.acc.wait_for_everyone()
+        return iteration
+
+    def _save_checkpoint(self, iteration: int) -> Path | None:
+        partial = None
+        if self.main:
+            partial = ckpt.new_partial_dir(self.ckpt_root, iteration)
+        partial = _broadcast_path(self.acc, partial)
+        torch.save(_get_rng(), partial / f"rng-rank{self.rank}.pt")
+        if self.main:
+            self.policy.model.save_pretrained(str(partial / "adapters"), selected_adapters=list(ROLES))
+            torch.save({
+                "iteration": iteration, "config_hash": self.cfg.hash(), "world": self.world,
+                "roles": {r: asdict(s) for r, s in self.state.items()},
+                "optimizer": {r: o.state_dict() for r, o in self.opt.items()},
+                "images_skipped": self.images_skipped,
+            }, partial / "trainer_state.pt")
+        self.acc.wait_for_everyone()
+        final = None
+        if self.main:
+            final = ckpt.finalize(partial, iteration, self.cfg.checkpoint.keep_last)
+            for cb in self.callbacks:
+                cb.on_checkpoint(final, iteration)
+        self.acc.wait_for_everyone()
+        return final
+
+    # ----------------------------------------------------------------------------- updates
+    def _sync_grads(self, role: str) -> None:
+        if self.world == 1:
+            return
+        params = self.policy.params[role]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        flat = self.acc.reduce(flat, reduction="mean")
+        k = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[k: k + n].view_as(p).clone()
+            k += n
+
+    def _all_rewards(self, rewards: list[float]) -> list[float]:
+        """Every process's rewards in rank order, so the EMA baselines stay identical everywhere."""
+        if self.world == 1:
+            return list(rewards)
+        t = torch.tensor(rewards, dtype=torch.float64, device=self.acc.device)
+        return self.acc.gather(t).cpu().tolist()
+
+    def _mean_all(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        return self.acc.reduce(torch.tensor([value], dtype=torch.float64, device=self.acc.device), "mean").item()
+
+    def _step(self, role: str, batches: list[RolloutBatch], advantages: list[float],
+              images_feat, ref_feat) -> tuple[float, float, float]:
+        """Eq. 7 for the given rollouts, one optimiser step; returns (loss, mean token KL, grad norm)."""
+        opt, st, kcfg = self.opt[role], self.state[role], self.cfg.kl
+        opt.zero_grad(set_to_none=True)
+        total = sum(b.sequences.shape[0] for b in batches)
+        loss_sum, kl_sum, k = 0.0, 0.0, 0
+        for b in batches:
+            logp, kl = self.policy.completion_logprobs(role, b, images_feat, ref_feat,
+                                                       kl_estimator=kcfg.estimator, chunk_tokens=kcfg.chunk_tokens)
+            mask = b.completion_mask.to(logp.dtype)
+            ntok = mask.sum(1).clamp(min=1.0)
+            mean_logp = (logp * mask).sum(1) / ntok
+            mean_kl = (kl * mask).sum(1) / ntok
+            adv = torch.tensor(advantages[k: k + b.sequences.shape[0]], dtype=logp.dtype, device=logp.device)
+            per_rollout = -adv * mean_logp + st.beta * mean_kl
+            (per_rollout.sum() / total).backward()
+            loss_sum += per_rollout.detach().sum().item()
+            kl_sum += mean_kl.detach().sum().item()
+            k += b.sequences.shape[0]
+        self._sync_grads(role)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.params[role], self.cfg.optim.grad_clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        kl_mean = self._mean_all(kl_sum / max(total, 1))
+        st.beta = kl_controller(st.beta, kl_mean, kcfg)                 # eq. 8, after each update
+        return loss_sum / max(total, 1), kl_mean, grad_norm
+
+    def _update(self, role: str, batches: list[RolloutBatch], rewards: list[float], feats, ref_feats) -> UpdateStats:
+        """Batched (one step) or per-rollout (one step each, the release) update of one role."""
+        st, m = self.state[role], self.cfg.optim.baseline_momentum
+        stats = UpdateStats()
+        if self.cfg.schedule.update_mode == "batched":
+            advantages = [r - st.baseline for r in rewards]
+            stats.loss, stats.kl, stats.grad_norm = self._step(role, batches, advantages, feats, ref_feats)
+            for r in self._all_rewards(rewards):
+                st.baseline = update_baseline(st.baseline, r, m)
+            return stats
+        rows = [(b, i) for b in batches for i in range(b.sequences.shape[0])]
+        for j, (b, i) in enumerate(rows):
+            loss, kl, gn = self._step(role, [b.select([i])], [rewards[j] - st.baseline], feats, ref_feats)
+            for r in self._all_rewards([rewards[j]]):
+                st.baseline = update_baseline(st.baseline, r, m)
+            stats.loss += loss / len(rows)
+            stats.kl += kl / len(rows)
+            stats.grad_norm += gn / len(rows)
+        return stats
+
+    # ----------------------------------------------------------------------------- one iteration
+    def iteration(self, t: int) -> dict[str, Any]:
+        cfg, s, pol = self.cfg, self.cfg.sampling, self.policy
+        timer = _PhaseTimer()
+        images, skipped = self._images_for(t)
+        self.images_skipped += int(self._mean_all(skipped) * self.world) if self.world > 1 else skipped
+
+        with timer("propose"):
+            enc = pol.encode_images(images)
+            with torch.no_grad(), pol.model.disable_adapter():
+                ref_feats = pol.image_features(enc)
+            # The vision tower carries no adapter unless lora.train_vision, so policy features equal the reference's.
+            feats = ref_feats if not cfg.lora.train_vision else None
+            prop_batches = pol.generate("proposer", images, None, num_return_sequences=1,
+                                        max_new_tokens=s.proposer_max_new_tokens, temperature=s.temperature,
+                                        top_p=s.top_p, batch_size=cfg.schedule.rollout_batch_size)
+            prop_texts = [tx for b in prop_batches for tx in b.texts]
+            questions = [parse_question(tx, FALLBACK_QUESTION) for tx in prop_texts]
+
+        with timer("rollouts"):
+            sol_batches = pol.generate("solver", images, questions, num_return_sequences=s.num_rollouts,
+                                       max_new_tokens=s.solver_max_new_tokens, temperature=s.temperature,
+                                       top_p=s.top_p, batch_size=cfg.schedule.rollout_batch_size)
+
+        with timer("rewards"):
+            lam = warmup_lambda(t, cfg.schedule.iterations, cfg.rewards)
+            by_image: list[list[int]] = [[] for _ in images]     # flat rollout rows per image
+            texts = []
+            for b in sol_batches:
+                for i, tx in zip(b.image_index, b.texts):
+                    by_image[i].append(len(texts))
+                    texts.append(tx)
+            parsed = [parse_rollout(tx, cfg.rewards.max_reasoning_steps) for tx in texts]
+            embeds = pol.step_embeddings([p.steps for p in parsed], cfg.rewards.step_embed_max_tokens)
+            per_image = [solver_rewards([parsed[r] for r in rows], [embeds[r] for r in rows], lam, cfg.rewards)
+                         for rows in by_image]
+            r_sol = [0.0] * len(texts)
+            for rows, sr in zip(by_image, per_image):
+                for r, v in zip(rows, sr.r_sol):
+                    r_sol[r] = v
+            r_prop = [proposer_reward(sr.entropy, cfg.rewards.proposer_mu_h, cfg.rewards.proposer_sigma_h)
+                      for sr in per_image]
+
+        with timer("update"):
+            if feats is None:
+                feats = pol.image_features(enc, grad=True)
+            sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats)
+            prop_updated = t % cfg.schedule.proposer_update_every == 0
+            if prop_updated:
+                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats)
+            else:
+                prop_stats = UpdateStats(float("nan"), float("nan"), float("nan"))
+                for r in self._all_rewards(r_prop):       # the baseline tracks every proposer reward
+                    self.state["proposer"].baseline = update_baseline(
+                        self.state["proposer"].baseline, r, cfg.optim.baseline_momentum)
+
+        record = self._record(t, lam, per_image, r_prop, parsed, sol_batches, prop_batches, sol_stats,
+                              prop_stats, prop_updated, questions, timer)
+        if self.main and t % cfg.log_diagnostics_every == 0:
+            self._write_diagnostics(t, per_image[0], [embeds[r] for r in by_image[0]], questions[0],
+                                    [parsed[r].answer for r in by_image[0]])
+        return record
+
+    def _record(self, t, lam, per_image, r_prop, parsed, sol_batches, prop_batches, sol, prop, prop_updated,
+                questions, timer) -> dict[str, Any]:
+        mean = lambda xs: float(np.mean(xs)) if len(xs) else 0.0  # noqa: E731
+        numeric = {
+            "lambda": lam,
+            "proposer_reward": mean(r_prop),
+            "answer_entropy": mean([sr.entropy for sr in per_image]),
+            "majority_density": mean([sr.majority_density for sr in per_image]),
+            "group_size": mean([sr.group_size for sr in per_image]),
+            "mean_step_cos": mean([sr.mean_step_cos for sr in per_image]),
+            "r_ans_mean": mean([x for sr in per_image for x in sr.r_ans]),
+            "r_step_mean": mean([x for sr in per_image for x in sr.r_step]),
+            "r_sol_mean": mean([x for sr in per_image for x in sr.r_sol]),
+            "step_positions_used": mean([sr.positions_used for sr in per_image]),
+            "mean_steps_per_rollout": mean([sr.mean_steps_per_rollout for sr in per_image]),
+            "kl_solver": sol.kl, "beta_solver": self.state["solver"].beta, "loss_solver": sol.loss,
+            "grad_norm_solver": sol.grad_norm, "baseline_solver": self.state["solver"].baseline,
+            "kl_proposer": prop.kl, "beta_proposer": self.state["proposer"].beta, "loss_proposer": prop.loss,
+            "grad_norm_proposer": prop.grad_norm, "baseline_proposer": self.state["proposer"].baseline,
+            "tagged_fraction": mean([1.0 if p.has_answer_tag else 0.0 for p in parsed]),
+        }
+        if self.world > 1:      # every process's signals, averaged
+            keys = list(numeric)
+            vals = torch.tensor([numeric[k] for k in keys], dtype=torch.float64, device=self.acc.device)
+            vals = self.acc.reduce(vals, "mean").cpu().tolist()
+            numeric = dict(zip(keys, vals))
+        tokens = lambda bs, mask: int(sum(getattr(b, mask).sum().item() for b in bs))  # noqa: E731
+        record = {
+            "iteration": t, **numeric,
+            "proposer_updated": int(prop_updated),
+            "images_skipped": self.images_skipped,
+            "rollouts": sum(b.sequences.shape[0] for b in sol_batches),
+            "rollout_tokens": tokens(sol_batches, "completion_mask") + tokens(prop_batches, "completion_mask"),
+            "prompt_tokens": tokens(sol_batches, "prompt_mask") + tokens(prop_batches, "prompt_mask"),
+            **timer.seconds(),
+            "question": questions[0],
+            "answers": [p.answer for p in parsed[: self.cfg.sampling.num_rollouts]],
+        }
+        return record
+
+    def _write_diagnostics(self, t, sr, embeds, question, answers) -> None:
+        """Figure 7: leave-one-out step similarities S_ij over the dominant group and the depth profile D_j."""
+        S, D = leave_one_out(embeds, sr.group)
+        nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else x  # noqa: E731
+        row = {"iteration": t, "group": list(sr.group), "question": question, "answers": answers,
+               "S": [[nan_to_none(v) for v in r] for r in S.tolist()], "D": [nan_to_none(v) for v in D.tolist()]}
+        with self.diag_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ----------------------------------------------------------------------------- the loop
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        start = self._resume()
+        if self.main:
+            cfg.to_yaml(self.out / "config.yaml")
+        for cb in self.callbacks:
+            cb.on_train_start(cfg, start)
+        total = cfg.schedule.iterations
+        for t in range(start + 1, total + 1):
+            record = self.iteration(t)
+            for cb in self.callbacks:
+                cb.on_iteration(record)
+            if t % cfg.checkpoint.every == 0 or t == total:
+                self._save_checkpoint(t)
+        final = self.out / "final"
+        if self.main and (start < total or not (final / "solver").is_dir()):
+            partial = self.out / f"final.partial-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            self.policy.model.save_pretrained(str(partial), selected_adapters=list(ROLES))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+        self.acc.wait_for_everyone()
+        result = TrainResult(
+            output_dir=self.out, iterations=total, start_iteration=start, solver_adapter=final / "solver",
+            proposer_adapter=final / "proposer", metrics_path=self.metrics_path,
+            seconds=time.perf_counter() - t0, images_skipped=self.images_skipped, config_hash=cfg.hash(),
+        )
+        if self.main:
+            (self.out / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+            for cb in self.callbacks:
+                cb.on_train_end(result)
+        return result
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Run (or resume) one training run described by ``cfg``."""
+    return Trainer(cfg, callbacks).train()
+
+
+class _PhaseTimer:
+    def __init__(self):
+        self._s: dict[str, float] = {}
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer._s[phase] = timer._s.get(phase, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+    def seconds(self) -> dict[str, float]:
+        out = {f"seconds_{k}": v for k, v in self._s.items()}
+        out["seconds"] = sum(self._s.values())
+        return out
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _get_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _broadcast_path(acc: Accelerator, path: Path | None) -> Path:
+    if acc.num_processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    obj = [str(path) if path is not None else None]
+    broadcast_object_list(obj, from_process=0)
+    return Path(obj[0])
