@@ -85,9 +85,11 @@ class Policy:
     """Frozen backbone + ``solver`` / ``proposer`` LoRA adapters (the reference = adapters disabled)."""
 
     def __init__(self, model_cfg: ModelConfig, lora: LoRAConfig, perf: PerfConfig,
-                 device: torch.device, dtype: torch.dtype | None = None):
+                 device: torch.device, dtype: torch.dtype | None = None, backbone: tuple | None = None):
         self.device = device
-        base, self.processor = load_backbone(model_cfg, device=device, dtype=dtype)
+        # backbone=(model, processor) lets a caller build the model itself (e.g. the 7B architecture
+        # with random weights for throughput benchmarks); everything else is the same code path.
+        base, self.processor = backbone if backbone is not None else load_backbone(model_cfg, device=device, dtype=dtype)
         self.tokenizer = self.processor.tokenizer
         peft_cfg = LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,

@@ -78,7 +78,7 @@ class UpdateStats:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()):
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = (), backbone: tuple | None = None):
         self.cfg = cfg
         self.acc = Accelerator()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -98,7 +98,7 @@ class Trainer:
         # Identical LoRA initialisation on every process, then a distinct sampling stream per rank.
         _seed_everything(cfg.seed)
         dtype = resolve_dtype(cfg.model.dtype, self.acc.device)
-        self.policy = Policy(cfg.model, cfg.lora, cfg.perf, self.acc.device, dtype)
+        self.policy = Policy(cfg.model, cfg.lora, cfg.perf, self.acc.device, dtype, backbone=backbone)
         self.opt = {
             role: torch.optim.AdamW(self.policy.params[role], lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
             for role in ROLES

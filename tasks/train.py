@@ -125,7 +125,7 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
                 from ireasoner_core.trainer import train
 
                 r = train(cfg, callbacks=[mlflow_logger])
-                result = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(r).items()}
+                result = r.to_json()
         finally:
             if monitor is not None:
                 monitor.finish()
