@@ -1,0 +1,45 @@
+"""Shared fixtures. Nothing here reaches a model hub: the embedded model is built locally."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded tiny Qwen2.5-VL, built once per machine (cached under ~/.cache/ireasoner)."""
+    from ireasoner_core.model import ensure_embedded_model
+
+    return ensure_embedded_model(progress=False)
+
+
+def tiny_overrides(out: Path, **extra) -> dict:
+    """A few-iteration, few-token run of the embedded default: seconds, not minutes."""
+    o = {
+        "model.name_or_path": "embedded", "model.dtype": "float32",
+        "sampling.num_rollouts": 3, "sampling.solver_max_new_tokens": 40, "sampling.proposer_max_new_tokens": 24,
+        "rewards.min_group": 2, "schedule.iterations": 4, "schedule.proposer_update_every": 2,
+        "optim.lr": 1e-3, "data.synthetic_images": 8, "checkpoint.output_dir": str(out),
+        "checkpoint.every": 2, "progress_bar": False, "log_diagnostics_every": 2,
+    }
+    o.update(extra)
+    return o
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, embedded_model_dir):
+    from ireasoner_core.config import build_config
+
+    def make(**extra):
+        return build_config({}, tiny_overrides(tmp_path / "run", **extra))
+
+    return make

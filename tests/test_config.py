@@ -1,0 +1,80 @@
+"""Configuration: SPEC.md defaults, ablation presets, and load-time errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from ireasoner_core.config import ABLATIONS, ConfigError, TrainConfig, apply_ablation, build_config, load_config
+
+
+def test_defaults_are_specs():
+    c = TrainConfig()
+    assert c.sampling.num_rollouts == 5
+    assert (c.rewards.gamma_density, c.rewards.min_group, c.rewards.step_embed_max_tokens) == (0.7, 2, 64)
+    assert (c.rewards.position_decay, c.rewards.length_target_words, c.rewards.alpha, c.rewards.eta) == (0.15, 64, 0.7, 0.05)
+    assert (c.rewards.lambda_start, c.rewards.lambda_end, c.rewards.warmup_fraction) == (0.0, 0.7, 0.3)
+    assert (c.rewards.proposer_mu_h, c.rewards.proposer_sigma_h, c.rewards.max_reasoning_steps) == (0.90, 0.35, 8)
+    assert (c.kl.beta_init, c.kl.target, c.kl.gain, c.kl.beta_min, c.kl.beta_max) == (1e-3, 0.02, 0.10, 1e-8, 100.0)
+    assert c.kl.estimator == "exact" and c.optim.baseline_momentum == 0.9
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.grad_clip) == (1e-6, 0.01, 1.0)
+    assert (c.lora.r, c.lora.alpha, c.lora.dropout, c.lora.train_vision) == (16, 32, 0.05, False)
+    assert set(c.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (c.sampling.temperature, c.sampling.top_p) == (1.0, 1.0)
+    assert (c.sampling.solver_max_new_tokens, c.sampling.proposer_max_new_tokens) == (256, 128)
+    assert (c.schedule.iterations, c.schedule.proposer_update_every) == (2500, 5)
+
+
+@pytest.mark.parametrize("override, field, value", [
+    ({"sampling.num_rollouts": -5}, "sampling.num_rollouts", "-5"),
+    ({"rewards.warmup_fraction": 1.5}, "rewards.warmup_fraction", "1.5"),
+    ({"schedule.iterations": 0}, "schedule.iterations", "0"),
+    ({"ablation": "no_such_thing"}, "ablation", "no_such_thing"),
+    ({"data.image_dir": "/nonexistent/images"}, "data.image_dir", "/nonexistent/images"),
+    ({"kl.estimator": "magic"}, "kl.estimator", "magic"),
+    ({"rewards.typo_field": 1}, "rewards.typo_field", "1"),
+])
+def test_wrong_values_fail_at_load_naming_field_and_value(override, field, value):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, override)
+    msg = str(err.value)
+    assert field in msg or field.split(".")[-1] in msg
+    assert value in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = build_config({}, {"sampling.num_rollouts": 7, "checkpoint.output_dir": str(tmp_path)})
+    cfg.to_yaml(tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg and again.hash() == cfg.hash()
+    assert load_config(tmp_path / "c.yaml", {"sampling.num_rollouts": 3}).hash() != cfg.hash()
+
+
+def test_every_ablation_applies_its_change():
+    full = TrainConfig()
+    for name, changes in ABLATIONS.items():
+        cfg = apply_ablation(full, name)
+        assert cfg.ablation == name
+        flat = cfg.flat()
+        for key, value in changes.items():
+            assert flat[key] == value, (name, key)
+    assert apply_ablation(full, "no_warmup").rewards.lambda_start == full.rewards.lambda_end
+    assert apply_ablation(full, "full").hash() == full.hash()
+    assert apply_ablation(full, "soft_only").hash() != full.hash()
+
+
+def test_the_qwen_config_requires_an_image_folder():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match="data.image_dir"):
+        load_config(repo / "configs" / "qwen2.5-vl-7b.yaml")
+    assert load_config(repo / "configs" / "tiny.yaml").model.name_or_path == "embedded"
