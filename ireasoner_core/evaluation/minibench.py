@@ -1,0 +1,258 @@
+"""Offline mini-benchmarks: ChartQA-, AI2D- and geometry-format test sets drawn by the synthetic
+generator, so the embedded default can be evaluated with no network at all.
+
+Each set is a ``datasets.DatasetDict`` with one ``test`` split, built on first use from a fixed
+seed (``MINI_SEED``, far from the training seeds: the generator's per-item stream is seeded by
+``seed * 1_000_003 + index``) and saved with ``save_to_disk`` under the cache directory
+(``$IREASONER_EVAL_CACHE`` or ``~/.cache/ireasoner/eval``). The lmms-eval task YAMLs in
+``tasks/`` declare ``dataset_kwargs: {load_from_disk: true}`` and name the set by its task name;
+``MiniBenchmarkTask`` resolves that name to the cached directory (building it if needed) before
+lmms-eval loads it, so ``python -m lmms_eval --include_path ...`` works on a fresh machine.
+
+Formats follow the real benchmarks so that lmms-eval's own scorers run unchanged:
+
+* ``ireasoner_chartqa_mini``: ChartQA rows {question, answer, type, image}, scored by lmms-eval's
+  ChartQA relaxed accuracy (5 % tolerance on numbers, exact match otherwise). Bar, line and pie
+  charts; one open (number or word) question per chart.
+* ``ireasoner_ai2d_mini``: AI2D rows {question, options, answer (index), image}: food-chain
+  diagrams, one multiple-choice question each (the generator's own choice question, or an open
+  one given distractors from the same chain first, then from the other organisms).
+* ``ireasoner_geometry_mini``: {question, answer, image}: triangles, rectangles and circles
+  with one numeric question each, scored by ``numeric_match``.
+
+One question per image keeps the items independent, which the paired bootstrap assumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import fcntl
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..data.synthetic import HERBIVORES, PREDATORS, PRODUCERS, QA, TOP_PREDATORS, make_item
+
+MINI_SEED = 20_260_105
+MINI_SIZE = 200
+BUILDER_VERSION = 1
+CACHE_ENV = "IREASONER_EVAL_CACHE"
+SIZE_ENV = "IREASONER_MINI_SIZE"
+COMPLETE_FILE = "MINI_BENCHMARK.json"
+ORGANISMS = (*PRODUCERS, *HERBIVORES, *PREDATORS, *TOP_PREDATORS)
+
+
+class MiniBenchmarkError(ValueError):
+    """An unknown mini task name or an unusable size; the message names it."""
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ireasoner" / "eval"
+
+
+def mini_size() -> int:
+    """Items per mini task: ``$IREASONER_MINI_SIZE`` or ``MINI_SIZE``."""
+    raw = os.environ.get(SIZE_ENV)
+    if raw is None:
+        return MINI_SIZE
+    try:
+        n = int(raw)
+    except ValueError:
+        raise MiniBenchmarkError(f"{SIZE_ENV}={raw!r} is not an integer") from None
+    if n < 1:
+        raise MiniBenchmarkError(f"{SIZE_ENV}={raw!r} must be a positive number of items")
+    return n
+
+
+# ----------------------------------------------------------------------------- row builders
+
+
+def _item_rng(seed: int, index: int) -> random.Random:
+    # Which question of an image is asked: its own stream, separate from the drawing's.
+    return random.Random((seed + 7_919) * 1_000_003 + index)
+
+
+def _chartqa_rows(n: int, seed: int) -> Iterator[dict]:
+    kinds = ("bar", "line", "pie")
+    for i in range(n):
+        item, image = make_item(i, kinds[i % 3], seed=seed, occurrence=i // 3)
+        open_qa = [q for q in item.qa if q.answer_type in ("number", "text")]
+        qa = _item_rng(seed, i).choice(open_qa)
+        # ChartQA's "augmented" split holds machine-generated questions, as these are.
+        yield {"id": item.id, "question": qa.question, "answer": qa.answer, "type": "augmented_test",
+               "answer_type": qa.answer_type, "image": image}
+
+
+def _mc_from_open(qa: QA, chain: list[str], rng: random.Random) -> tuple[str, list[str], int]:
+    if qa.answer_type == "number":
+        n = int(qa.answer)
+        distractors = [str(v) for v in (n + 1, n - 1, n + 2, n + 3) if v > 0][:3]
+    else:
+        # Organisms of the same chain first: harder distractors than unrelated animals.
+        same = [o for o in chain if o != qa.answer]
+        other = [o for o in ORGANISMS if o not in chain]
+        rng.shuffle(same)
+        rng.shuffle(other)
+        distractors = (same + other)[:3]
+    options = [qa.answer, *distractors]
+    rng.shuffle(options)
+    return qa.question, options, options.index(qa.answer)
+
+
+def _ai2d_rows(n: int, seed: int) -> Iterator[dict]:
+    for i in range(n):
+        item, image = make_item(i, "diagram", seed=seed, occurrence=i)
+        rng = _item_rng(seed, i)
+        qa = rng.choice(item.qa)
+        if qa.answer_type == "choice":
+            # The generator writes the options into the question ("... A) x B) y"); AI2D lists them apart.
+            question = re.split(r"\s+A\)\s", qa.question, maxsplit=1)[0]
+            options, answer = list(qa.choices or []), "ABCD".index(qa.answer)
+        else:
+            question, options, answer = _mc_from_open(qa, list(item.meta["chain"]), rng)
+        yield {"id": item.id, "question": question, "options": options, "answer": str(answer), "image": image}
+
+
+def _geometry_rows(n: int, seed: int) -> Iterator[dict]:
+    for i in range(n):
+        item, image = make_item(i, "geometry", seed=seed, occurrence=i)
+        numeric = [q for q in item.qa if q.answer_type == "number"]
+        qa = _item_rng(seed, i).choice(numeric)
+        yield {"id": item.id, "question": qa.question, "answer": qa.answer, "shape": item.meta["shape"],
+               "image": image}
+
+
+BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
+    "ireasoner_chartqa_mini": _chartqa_rows,
+    "ireasoner_ai2d_mini": _ai2d_rows,
+    "ireasoner_geometry_mini": _geometry_rows,
+}
+
+
+# ----------------------------------------------------------------------------- build and cache
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def mini_dataset_dir(task: str, *, n: int | None = None, seed: int = MINI_SEED,
+                     cache_dir: Path | None = None) -> Path:
+    """Where the saved dataset of ``task`` lives (whether or not it has been built yet)."""
+    if task not in BUILDERS:
+        raise MiniBenchmarkError(f"unknown mini task {task!r}; known: {', '.join(BUILDERS)}")
+    n = mini_size() if n is None else n
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    return root / f"{task}-v{BUILDER_VERSION}-n{n}-s{seed}"
+
+
+def build_mini_dataset(task: str, out_dir: Path, *, n: int, seed: int = MINI_SEED) -> Path:
+    """Generate the rows of ``task`` and ``save_to_disk`` them (one ``test`` split) into ``out_dir``."""
+    import datasets  # heavy; only needed when building
+
+    rows = list(BUILDERS[task](n, seed))
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    features = {k: datasets.Value("string") for k in columns if k not in ("image", "options")}
+    features["image"] = datasets.Image()
+    if "options" in columns:
+        features["options"] = datasets.Sequence(datasets.Value("string"))
+    ds = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(out_dir))
+    return out_dir
+
+
+def ensure_mini_dataset(task: str, *, n: int | None = None, seed: int = MINI_SEED,
+                        cache_dir: Path | None = None) -> Path:
+    """The cached dataset directory of ``task``, built once (atomically, under a file lock)."""
+    n = mini_size() if n is None else n
+    final = mini_dataset_dir(task, n=n, seed=seed, cache_dir=cache_dir)
+    if (final / COMPLETE_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes of one `accelerate launch` load the task at once; one builds.
+    with _file_lock(final.parent / f".{final.name}.lock"):
+        if (final / COMPLETE_FILE).is_file():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
+        try:
+            build_mini_dataset(task, tmp, n=n, seed=seed)
+            (tmp / COMPLETE_FILE).write_text(json.dumps(
+                {"task": task, "n": n, "seed": seed, "builder_version": BUILDER_VERSION}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- scoring
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def numeric_match(prediction: str, target: str, rel_tol: float = 0.01) -> bool:
+    """True when the last number in ``prediction`` is within 1 % of ``target`` (units ignored).
+
+    The last number, because a worked answer such as "180 - 50 - 70 = 60" ends on its result.
+    """
+    found = _NUMBER.findall(str(prediction).replace(",", ""))
+    if not found:
+        return False
+    pred, gold = float(found[-1]), float(target)
+    return abs(pred - gold) <= rel_tol * max(abs(gold), 1e-9)
+
+
+def geometry_doc_to_visual(doc: dict) -> list:
+    return [doc["image"].convert("RGB")]
+
+
+def geometry_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    kw = lmms_eval_specific_kwargs or {}
+    return f"{kw.get('pre_prompt', '')}{doc['question']}{kw.get('post_prompt', '')}"
+
+
+def geometry_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    return {"numeric_match": 1.0 if numeric_match(results[0], doc["answer"]) else 0.0}
+
+
+# ----------------------------------------------------------------------------- lmms-eval task
+
+
+@functools.cache
+def _task_class():
+    # Imported lazily: lmms-eval is heavy and only needed when lmms-eval loads our YAMLs.
+    from lmms_eval.api.task import ConfigurableTask
+
+    class MiniBenchmarkTask(ConfigurableTask):
+        """A YAML-configured task whose ``dataset_path`` names a mini benchmark to build on demand."""
+
+        def __init__(self, config: dict, model_name: str | None = None) -> None:
+            config = {k: v for k, v in config.items() if k != "class"}
+            super().__init__(config=config, model_name=model_name)
+
+        def download(self, dataset_kwargs=None) -> None:
+            self.DATASET_PATH = str(ensure_mini_dataset(self.config.task))
+            super().download(dataset_kwargs)
+
+    return MiniBenchmarkTask
+
+
+def __getattr__(name: str):
+    # `class: !function ireasoner_core.evaluation.minibench.MiniBenchmarkTask` in the YAMLs.
+    if name == "MiniBenchmarkTask":
+        return _task_class()
+    raise AttributeError(name)
