@@ -1,0 +1,210 @@
+"""``run_evaluation``: one model (base, or base + Solver adapter) on a list of lmms-eval tasks.
+
+What it returns (``EvalResult``) is what the flow logs and the reports read: a headline score per
+task on 0-100 (``benchmarks.py`` says which lmms-eval key and scale), every numeric lmms-eval
+metric under an MLflow-safe name, and a per-item JSONL per task
+(``{"doc_id", "score", "prediction", "target", "generation"}``, ``score`` on the headline's
+scale so that the mean of the items is the headline) for the paired bootstrap.
+
+Mini tasks are built locally on demand and never touch the network. Any other task is run
+unchanged from lmms-eval's registry; its dataset is loaded before the model is built, and if it
+cannot be reached the error names the task (never a silent skip).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..config import ModelConfig
+from .benchmarks import BENCHMARKS, MINI_TASKS, Benchmark
+from .minibench import ensure_mini_dataset
+from . import tasks_include_path
+
+_METRIC_BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot run as asked; the message names the task or argument."""
+
+
+class BenchmarkUnavailableError(EvaluationError):
+    """A benchmark's dataset could not be loaded (no network, no local copy, gated dataset)."""
+
+
+class EvalResult(BaseModel):
+    """Scores of one model on a list of tasks (the contract between evaluation and reporting)."""
+
+    model: str
+    adapter: str | None = None
+    tasks: list[str]
+    scores: dict[str, float] = Field(default_factory=dict, description="task -> headline score in 0-100")
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict,
+                                                 description="task -> sanitised lmms-eval metric -> value")
+    samples: dict[str, Path] = Field(default_factory=dict, description="task -> per-item JSONL")
+    n_items: dict[str, int] = Field(default_factory=dict)
+    results_path: Path | None = None
+    seconds: float = 0.0
+    is_main_process: bool = True
+    """False on the non-zero ranks of an ``accelerate launch`` (lmms-eval gathers results on rank 0)."""
+    notes: list[str] = Field(default_factory=list)
+
+
+def metric_name(name: str) -> str:
+    """MLflow-safe metric name: lmms-eval's 'relaxed_overall,none' -> 'relaxed_overall'.
+
+    Same rule as ``tasks.conventions.metric_name`` (the core may not import ``tasks``).
+    """
+    return _METRIC_BAD.sub("_", name.replace(",none", "").replace(",", "_"))
+
+
+def headline(task: str, task_results: dict[str, Any]) -> tuple[Benchmark, list[str]]:
+    """The benchmark entry for ``task``; unknown tasks get their first metric, scaled by a guess."""
+    if task in BENCHMARKS:
+        return BENCHMARKS[task], []
+    numeric = {k: v for k, v in task_results.items() if _is_metric(k, v)}
+    if not numeric:
+        raise EvaluationError(f"task {task!r}: lmms-eval returned no numeric metric ({sorted(task_results)})")
+    key = next(iter(numeric))
+    scale = 100.0 if 0.0 <= float(numeric[key]) <= 1.0 else 1.0
+    note = (f"{task}: no headline registered in ireasoner_core/evaluation/benchmarks.py; using {key!r} x {scale:g}")
+    return Benchmark(task, task, key, scale, "general"), [note]
+
+
+def _is_metric(key: str, value: Any) -> bool:
+    return ("," in key and "_stderr" not in key and not isinstance(value, bool)
+            and isinstance(value, (int, float)) and math.isfinite(float(value)))
+
+
+def _task_manager():
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="WARNING", include_path=str(tasks_include_path()), model_name="ireasoner")
+
+
+def check_tasks(tasks: list[str], task_manager) -> None:
+    """Unknown names and unreachable datasets fail here, before any model is loaded."""
+    from lmms_eval.tasks import get_task_dict
+
+    if not tasks:
+        raise EvaluationError("tasks: at least one lmms-eval task name is required")
+    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+    if dupes:
+        raise EvaluationError(f"tasks: listed more than once: {dupes}")
+    known = set(task_manager.all_tasks)
+    for task in tasks:
+        if task not in known:
+            raise EvaluationError(
+                f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
+                "`python -m lmms_eval --tasks list` prints the rest)")
+    for task in tasks:
+        if task in MINI_TASKS:
+            ensure_mini_dataset(task)
+            continue
+        try:
+            get_task_dict([task], task_manager)
+        except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
+            raise BenchmarkUnavailableError(
+                f"benchmark {task!r}: its dataset could not be loaded ({type(err).__name__}: {err}). "
+                "Run where the Hugging Face hub is reachable, or pre-populate the datasets cache "
+                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})."
+            ) from err
+
+
+def run_evaluation(
+    model_cfg: ModelConfig,
+    adapter: Path | None,
+    tasks: list[str],
+    output_dir: Path,
+    *,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    max_new_tokens: int | None = None,
+) -> EvalResult:
+    """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
+
+    ``batch_size``/``max_new_tokens`` None: the plugin's defaults (32 / 96 tokens for the embedded
+    model, 8 / 512 otherwise).
+    """
+    from lmms_eval.evaluator import simple_evaluate
+
+    from .lmm import IReasonerLMM
+
+    started = time.perf_counter()
+    tasks = list(tasks)
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit must be a positive number of items, got {limit}")
+    output_dir = Path(output_dir)
+    task_manager = _task_manager()
+    check_tasks(tasks, task_manager)
+    lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
+                      device=device, max_new_tokens=max_new_tokens)
+    results = simple_evaluate(
+        model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
+        bootstrap_iters=0,  # lmms-eval's own stderr; the reports bootstrap paired differences instead
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        verbosity="WARNING",
+    )
+    out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks)
+    if results is None:  # a non-zero rank: rank 0 holds the gathered results
+        out.is_main_process = False
+        out.seconds = time.perf_counter() - started
+        return out
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        _collect(task, results, lm.generations, output_dir, out)
+    out.results_path = output_dir / "results.json"
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    out.results_path.write_text(json.dumps(summary, indent=2, default=str))
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def _collect(task: str, results: dict, generations: dict, output_dir: Path, out: EvalResult) -> None:
+    res = results["results"]
+    subtasks = list((results.get("group_subtasks") or {}).get(task) or [])
+    first = task if task in res else (subtasks[0] if subtasks else task)
+    bench, notes = headline(task, res.get(first, {}))
+    out.notes.extend(notes)
+    task_res = res.get(bench.results_key)
+    if task_res is None or bench.metric not in task_res:
+        raise EvaluationError(f"task {task!r}: lmms-eval results have no {bench.metric!r} for "
+                              f"{bench.results_key!r} (got {sorted(task_res or {})})")
+    out.scores[task] = float(task_res[bench.metric]) * bench.scale
+    metrics: dict[str, float] = {}
+    for key in [task, *subtasks]:
+        prefix = "" if key == task else f"{key}/"
+        for k, v in (res.get(key) or {}).items():
+            if _is_metric(k, v):
+                metrics[prefix + metric_name(k)] = float(v)
+    out.metrics[task] = metrics
+
+    base_metric, _, filter_name = bench.metric.partition(",")
+    rows = []
+    for s in (results.get("samples") or {}).get(bench.results_key, []):
+        if s.get("filter") not in (None, filter_name):
+            continue
+        value = s.get(base_metric)
+        score = float(value) * bench.scale if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+            float(value) * bench.scale if isinstance(value, bool) else None)
+        pred = s.get("filtered_resps", [None])
+        rows.append({
+            "doc_id": s.get("doc_id"), "score": score,
+            "prediction": pred[0] if isinstance(pred, list) and pred else pred,
+            "target": s.get("target"),
+            "generation": generations.get((bench.results_key, int(s.get("doc_id", -1)))),
+        })
+    path = output_dir / "samples" / f"{task}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    out.samples[task] = path
+    out.n_items[task] = len(rows)

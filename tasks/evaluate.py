@@ -1,0 +1,63 @@
+"""Prefect task: evaluate one variant (base model, or base + Solver adapter) and log it to MLflow.
+
+On the variant's run (passed explicitly: MLflow's active run is thread-local and Prefect runs
+tasks in worker threads) it logs ``eval/<task>`` = headline score in 0-100, every lmms-eval
+metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples/<task>.jsonl``
+(what the report's paired bootstrap reads back) and lmms-eval's results JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+
+from ireasoner_core.config import ModelConfig
+from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
+from tasks.conventions import EVAL_PREFIX, EVAL_SAMPLES_DIR, metric_name
+
+EVAL_METRICS_PREFIX = "eval_metrics/"   # eval/<task> stays the headline; details live apart
+EVAL_RESULTS_DIR = "eval_results"
+
+
+def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> dict[str, float]:
+    """Scores, detailed metrics and per-item files of ``result`` onto run ``run_id``; returns the scores."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(metric_name(EVAL_PREFIX + t), float(s), now, 0) for t, s in result.scores.items()]
+    for t, values in result.metrics.items():
+        metrics += [Metric(metric_name(f"{EVAL_METRICS_PREFIX}{t}/{k}"), float(v), now, 0) for k, v in values.items()]
+    for start in range(0, len(metrics), 1000):   # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    for t, path in result.samples.items():
+        client.log_artifact(run_id, str(path), EVAL_SAMPLES_DIR)
+    if result.results_path is not None and Path(result.results_path).is_file():
+        client.log_artifact(run_id, str(result.results_path), EVAL_RESULTS_DIR)
+    client.set_tag(run_id, "ireasoner.eval_tasks", ",".join(result.tasks))
+    if result.adapter:
+        client.set_tag(run_id, "ireasoner.eval_adapter", result.adapter)
+    return dict(result.scores)
+
+
+@task(name="evaluate", task_run_name="evaluate-{mlflow_run_id}")
+def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list[str], output_dir: str,
+                     mlflow_run_id: str, limit: int | None = None,
+                     tracking_uri: str | None = None) -> dict[str, float]:
+    """Run the lmms-eval tasks on base + ``adapter`` (None = the untrained baseline) and log them.
+
+    ``tracking_uri`` None: MLflow's default resolution (``MLFLOW_TRACKING_URI``, set_tracking_uri).
+    """
+    log = get_run_logger()
+    cfg = ModelConfig.model_validate(model_cfg)
+    result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit)
+    if not result.is_main_process:
+        return {}
+    for note in result.notes:
+        log.warning(note)
+    scores = log_eval_result(MlflowClient(tracking_uri), mlflow_run_id, result)
+    log.info("evaluated %s%s in %.0f s: %s", cfg.name_or_path, f" + {adapter}" if adapter else "",
+             result.seconds, ", ".join(f"{t}={s:.2f}" for t, s in scores.items()))
+    return scores

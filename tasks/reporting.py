@@ -1,0 +1,220 @@
+"""`ireasoner report`: the paper's tables and figures rebuilt from MLflow alone.
+
+Reads the variant runs of a sweep (the newest one by default), their ``eval/<task>`` scores,
+per-item ``eval_samples/<task>.jsonl`` and ``train/*`` histories plus ``train/diagnostics.jsonl``,
+and writes, under ``out_dir``: ``tables/table{1,2,3}.{md,csv}``, ``report.md`` and
+``figures/<variant>-seed<k>/figure{3,5,6,7}.png``. When there is a parent (sweep) run, the
+same files are logged on it (``report/``, ``figures/``) together with the long-format cells as
+``mlflow.log_table`` (``report/tables.json``). All numbers and drawings come from
+``ireasoner_core.reports``; this module only moves data between MLflow and those functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, Field
+
+from ireasoner_core.reports.figures import history_from_records, read_jsonl, training_figures
+from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
+from tasks.conventions import (
+    EVAL_PREFIX,
+    EVAL_SAMPLES_DIR,
+    EXPERIMENT,
+    FIGURES_DIR,
+    KIND_SWEEP,
+    KIND_VARIANT,
+    TAG_KIND,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_VARIANT,
+    TRAIN_PREFIX,
+)
+
+REPORT_DIR = "report"
+REPORT_TABLE = "report/tables.json"          # mlflow.log_table of every table cell (long format)
+DIAGNOSTICS_ARTIFACT = "train/diagnostics.jsonl"
+PARENT_TAG = "mlflow.parentRunId"
+EXCLUDED_STATUS = {"failed", "skipped"}
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built (no such experiment/run, nothing evaluated); the message says which."""
+
+
+class ReportResult(BaseModel):
+    out_dir: Path
+    parent_run_id: str | None = None
+    tables: dict[str, list[Path]] = Field(default_factory=dict, description="table name -> [markdown, csv]")
+    figures: list[Path] = Field(default_factory=list)
+    report_path: Path | None = None
+    runs_used: list[str] = Field(default_factory=list)
+    runs_excluded: dict[str, str] = Field(default_factory=dict, description="run id -> why")
+    logged_to_mlflow: bool = False
+
+
+# ----------------------------------------------------------------------------- reading MLflow
+
+
+def select_runs(client: MlflowClient, experiment: str, parent_run_id: str | None,
+                all_runs: bool = False) -> tuple[str | None, list[Run]]:
+    """(parent run id, its variant runs): the given parent, else the newest sweep, else every variant run."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReportError(f"experiment {experiment!r} not found in the MLflow store {client.tracking_uri}")
+    ids = [exp.experiment_id]
+    if parent_run_id is None and not all_runs:
+        sweeps = client.search_runs(ids, filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        parent_run_id = sweeps[0].info.run_id if sweeps else None
+    if parent_run_id is not None and not all_runs:
+        client.get_run(parent_run_id)   # a wrong id fails here, naming it
+        runs = client.search_runs(ids, filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
+    else:
+        runs = client.search_runs(ids, filter_string=f"tags.`{TAG_KIND}` = '{KIND_VARIANT}'", max_results=10_000)
+    return parent_run_id, [r for r in runs if TAG_VARIANT in r.data.tags]
+
+
+def _artifact_names(client: MlflowClient, run_id: str, path: str) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, path)}
+
+
+def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRun:
+    """Scores from ``eval/<task>`` metrics, per-item scores from ``eval_samples/<task>.jsonl``."""
+    run_id = run.info.run_id
+    scores = {k[len(EVAL_PREFIX):]: float(v) for k, v in run.data.metrics.items()
+              if k.startswith(EVAL_PREFIX) and "/" not in k[len(EVAL_PREFIX):]}
+    items: dict[str, dict[str, float]] = {}
+    available = _artifact_names(client, run_id, EVAL_SAMPLES_DIR) if scores else set()
+    for task in scores:
+        if f"{task}.jsonl" not in available:
+            continue
+        local = client.download_artifacts(run_id, f"{EVAL_SAMPLES_DIR}/{task}.jsonl", str(scratch))
+        rows = read_jsonl(Path(local))
+        if rows and all(r.get("score") is not None for r in rows):
+            items[task] = {str(r["doc_id"]): float(r["score"]) for r in rows}
+    seed = run.data.tags.get(TAG_SEED, "0")
+    return VariantRun(run_id=run_id, variant=run.data.tags[TAG_VARIANT], seed=int(float(seed)),
+                      scores=scores, items=items)
+
+
+def read_history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
+    """``train/<key>`` metric histories as key -> [(iteration, value)]."""
+    out = {}
+    for key in run.data.metrics:
+        if key.startswith(TRAIN_PREFIX):
+            hist = client.get_metric_history(run.info.run_id, key)
+            out[key[len(TRAIN_PREFIX):]] = sorted((int(m.step), float(m.value)) for m in hist)
+    return out
+
+
+def read_diagnostics(client: MlflowClient, run: Run, scratch: Path) -> list[dict]:
+    folder, name = DIAGNOSTICS_ARTIFACT.rsplit("/", 1)
+    if name not in _artifact_names(client, run.info.run_id, folder):
+        return []
+    return read_jsonl(Path(client.download_artifacts(run.info.run_id, DIAGNOSTICS_ARTIFACT, str(scratch))))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _report_markdown(tables: list[Table], figures: list[Path], out_dir: Path, excluded: dict[str, str]) -> str:
+    lines = ["# iReasoner report", ""]
+    for t in tables:
+        lines += [t.to_markdown(), ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in figures] + [""]
+    if excluded:
+        lines += ["## Runs left out", ""] + [f"- `{r}`: {why}" for r, why in excluded.items()] + [""]
+    return "\n".join(lines)
+
+
+def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
+                 parent_run_id: str | None = None, *, all_runs: bool = False, log_to_mlflow: bool = True,
+                 reference_rows: bool = True, n_resamples: int = 10_000) -> ReportResult:
+    """Tables 1-3 (Markdown + CSV), figures 3/5/6/7 (PNG), and their MLflow copies on the parent run."""
+    client = MlflowClient(tracking_uri)
+    out_dir = Path(out_dir)
+    parent_run_id, runs = select_runs(client, experiment, parent_run_id, all_runs)
+    result = ReportResult(out_dir=out_dir, parent_run_id=parent_run_id)
+    variant_runs: list[VariantRun] = []
+    with tempfile.TemporaryDirectory(prefix="ireasoner-report-") as scratch:
+        for run in runs:
+            status = run.data.tags.get(TAG_STATUS)
+            if status in EXCLUDED_STATUS:
+                result.runs_excluded[run.info.run_id] = f"{run.data.tags[TAG_VARIANT]}: status {status}"
+                continue
+            vr = read_variant_run(client, run, Path(scratch) / run.info.run_id)
+            if vr.scores:
+                variant_runs.append(vr)
+                result.runs_used.append(run.info.run_id)
+            history = read_history(client, run)
+            if history:
+                diagnostics = read_diagnostics(client, run, Path(scratch) / run.info.run_id)
+                name = f"{vr.variant}-seed{vr.seed}"
+                result.figures += training_figures(history, diagnostics, out_dir / FIGURES_DIR / name,
+                                                   subtitle=f"{name} (run {run.info.run_id[:8]})")
+    if not variant_runs and not result.figures:
+        where = f"parent run {parent_run_id}" if parent_run_id else f"experiment {experiment!r}"
+        raise ReportError(f"{where}: no variant run has eval/<task> scores or train/* metrics to report")
+
+    tables = paper_tables(variant_runs, reference_rows=reference_rows, n_resamples=n_resamples) if variant_runs else []
+    for t in tables:
+        result.tables[t.name] = list(t.write(out_dir / "tables"))
+    result.report_path = out_dir / "report.md"
+    result.report_path.write_text(_report_markdown(tables, result.figures, out_dir, result.runs_excluded))
+
+    if log_to_mlflow and parent_run_id is not None:
+        if tables:
+            cells = [rec for t in tables for rec in t.records()]
+            columns = list(cells[0])
+            client.log_table(parent_run_id, data={c: [rec[c] for rec in cells] for c in columns},
+                             artifact_file=REPORT_TABLE)
+        client.log_artifact(parent_run_id, str(result.report_path), REPORT_DIR)
+        if (out_dir / "tables").is_dir():
+            client.log_artifacts(parent_run_id, str(out_dir / "tables"), REPORT_DIR)
+        if (out_dir / FIGURES_DIR).is_dir():
+            client.log_artifacts(parent_run_id, str(out_dir / FIGURES_DIR), FIGURES_DIR)
+        result.logged_to_mlflow = True
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`ireasoner report --experiment ireasoner [--parent-run-id ID] [--out-dir DIR]`."""
+    parser = argparse.ArgumentParser(prog="ireasoner report",
+                                     description="Rebuild the paper's tables and figures from MLflow.")
+    parser.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")
+    parser.add_argument("--parent-run-id", default=None, help="the sweep run to report (default: the newest)")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="pool every variant run of the experiment instead of one sweep")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default reports/<experiment>)")
+    parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
+    parser.add_argument("--no-paper-rows", action="store_true", help="leave out the paper's reference rows")
+    parser.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (default 10000)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    out_dir = args.out_dir or Path("reports") / args.experiment
+    try:
+        res = build_report(args.experiment, args.tracking_uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
+                           log_to_mlflow=not args.no_log, reference_rows=not args.no_paper_rows,
+                           n_resamples=args.resamples)
+    except ReportError as err:
+        print(f"ireasoner report: {err}", file=sys.stderr)
+        return 2
+    print(res.report_path.read_text() if res.report_path else "")
+    print(json.dumps({"report": str(res.report_path), "tables": sorted(res.tables), "figures": len(res.figures),
+                      "runs_used": len(res.runs_used), "runs_excluded": res.runs_excluded,
+                      "parent_run_id": res.parent_run_id, "logged_to_mlflow": res.logged_to_mlflow}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Tables 1-3 from per-run scores: seed mean ± std, best/second marks, Δ with paired CIs (worked by hand)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+
+from ireasoner_core.reports.tables import AVERAGE, PAPER_BASELINE, PAPER_IREASONER, VariantRun, build_table, paper_tables
+
+A, B = "ireasoner_chartqa_mini", "ireasoner_geometry_mini"
+
+
+def _run(variant, seed, a_items, b_items):
+    items = {A: {str(i): v for i, v in enumerate(a_items)}, B: {str(i): v for i, v in enumerate(b_items)}}
+    return VariantRun(run_id=f"{variant}-{seed}", variant=variant, seed=seed,
+                      scores={t: sum(v.values()) / len(v) for t, v in items.items()}, items=items)
+
+
+RUNS = [
+    _run("baseline", 0, [100, 0, 0, 100], [0, 0, 100, 0]),        # A 50,  B 25
+    _run("soft_only", 0, [100, 0, 0, 100], [100, 0, 100, 0]),     # A 50,  B 50
+    _run("full", 0, [100, 100, 0, 100], [0, 100, 100, 0]),        # A 75,  B 50
+    _run("full", 1, [100, 0, 100, 100], [100, 100, 100, 0]),      # A 75,  B 75
+]
+
+
+@pytest.fixture(scope="module")
+def table1():
+    return build_table("table1", "Table 1", RUNS, ["baseline", "soft_only", "full"], n_resamples=20_000)
+
+
+def test_seed_mean_and_std(table1):
+    a = table1.cell("full", A)
+    assert (a.mean, a.std, a.n_seeds) == (75.0, 0.0, 2)
+    b = table1.cell("full", B)
+    # seeds 50 and 75: mean 62.5, sample variance (12.5² + 12.5²) / 1 = 312.5
+    assert b.mean == 62.5 and b.std == pytest.approx(math.sqrt(312.5))
+    assert table1.cell("baseline", A).std is None   # one seed: no spread to show
+
+
+def test_delta_and_paired_interval(table1):
+    c = table1.cell("full", A)
+    # per item, mean over seeds: [100, 50, 50, 100]; baseline [100, 0, 0, 100]; d = [0, 50, 50, 0]
+    assert c.delta == 25.0 and c.n_items == 4
+    # resample mean = 12.5 k, k ~ Binomial(4, 1/2): CDF at 0 is 1/16 >= .025 -> low 0; at 37.5 it is
+    # 15/16 = .9375 < .975 -> high 50.
+    assert (c.ci_low, c.ci_high) == (0.0, 50.0)
+    assert table1.cell("baseline", A).delta is None
+
+
+def test_best_and_second_best(table1):
+    assert table1.cell("full", A).rank == 1
+    # soft_only and baseline tie at 50 on A: both second best
+    assert table1.cell("soft_only", A).rank == 2 and table1.cell("baseline", A).rank == 2
+    assert [table1.cell(m, B).rank for m in ("full", "soft_only", "baseline")] == [1, 2, None]
+
+
+def test_average_column(table1):
+    avg = table1.cell("full", AVERAGE)
+    # per seed: (75 + 50)/2 = 62.5 and (75 + 75)/2 = 75 -> mean 68.75; baseline (50 + 25)/2 = 37.5
+    assert avg.mean == 68.75 and avg.delta == 31.25
+    assert avg.std == pytest.approx(math.sqrt(2 * 6.25 ** 2))
+
+
+def test_markdown_and_csv_show_the_same_numbers(table1):
+    md = table1.to_markdown()
+    assert "**75.00 ± 0.00**" in md and "_50.00_" in md
+    assert "+25.00 [+0.00, +50.00]" in md
+    rows = list(csv.DictReader(io.StringIO(table1.to_csv())))
+    full_a = next(r for r in rows if r["method"] == "full" and r["benchmark"] == A)
+    assert float(full_a["mean"]) == 75.0 and float(full_a["delta"]) == 25.0 and full_a["rank"] == "1"
+    assert len(rows) == 3 * 3   # 3 methods x (2 benchmarks + Avg)
+
+
+def test_runs_without_items_get_a_delta_but_no_interval():
+    runs = [VariantRun(variant="baseline", scores={A: 40.0}), VariantRun(variant="full", scores={A: 43.0})]
+    c = build_table("t", "t", runs, ["baseline", "full"]).cell("full", A)
+    assert c.delta == 3.0 and c.ci_low is None and c.ci_high is None
+
+
+def test_paper_reference_rows_only_for_real_benchmarks_and_unranked():
+    runs = [VariantRun(variant="baseline", scores={"chartqa": 10.0, A: 5.0}),
+            VariantRun(variant="full", scores={"chartqa": 12.0, A: 6.0})]
+    t = build_table("table1", "t", runs, ["baseline", "full"], reference_rows=True)
+    assert t.cell(PAPER_BASELINE, "chartqa").mean == 84.00
+    assert t.cell(PAPER_IREASONER, "chartqa").mean == 85.78
+    assert t.cell(PAPER_IREASONER, "chartqa").rank is None
+    assert t.cell(PAPER_BASELINE, A) is None
+    assert t.cell("full", "chartqa").rank == 1
+
+
+def test_paper_tables_split_methods_ablations_and_step_budgets():
+    runs = RUNS + [_run("max_steps_4", 0, [0, 0, 0, 100], [0, 0, 0, 0]), _run("no_warmup", 0, [0] * 4, [0] * 4)]
+    tables = {t.name: t for t in paper_tables(runs, n_resamples=200)}
+    assert tables["table1"].methods[:3] == ["baseline", "soft_only", "full"]
+    assert "no_warmup" in tables["table2"].methods and "no_warmup" not in tables["table1"].methods
+    t3 = tables["table3"]
+    assert t3.methods == ["baseline", "max_steps_4", "max_steps_8"]
+    # max_steps_8 is the full method's default: shown from the full runs, with a note saying so
+    assert t3.cell("max_steps_8", A).mean == 75.0
+    assert any("max_steps_8" in n for n in t3.notes)
