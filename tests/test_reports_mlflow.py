@@ -1,0 +1,153 @@
+"""A report rebuilt from MLflow alone shows exactly what the evaluation logged on the runs.
+
+Runs are written with the evaluation layer's own logger (``tasks.evaluate.log_eval_result``) into
+a temporary SQLite store, then ``build_report`` reads them back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from ireasoner_core.evaluation.runner import EvalResult
+from tasks.conventions import (EXPERIMENT, KIND_SWEEP, KIND_VARIANT, TAG_KIND, TAG_SEED, TAG_STATUS,
+                               TAG_VARIANT)
+from tasks.evaluate import log_eval_result
+from tasks.reporting import REPORT_TABLE, build_report, main
+
+A, B = "ireasoner_chartqa_mini", "ireasoner_ai2d_mini"
+# variant, seed, status, per-item 0/100 scores on A and B
+RUNS = [
+    ("baseline", 0, "finished", [100, 0, 0, 0, 100], [0, 100, 0, 0, 0]),
+    ("full", 0, "finished", [100, 100, 0, 0, 100], [100, 100, 0, 0, 0]),
+    ("full", 1, "finished", [100, 100, 100, 0, 100], [0, 100, 0, 0, 0]),
+    ("soft_only", 0, "finished", [100, 0, 0, 100, 100], [0, 100, 100, 0, 0]),
+    ("no_warmup", 0, "failed", [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]),
+]
+
+
+def _log_variant(client, exp_id, parent, tmp_path, variant, seed, status, a, b):
+    run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, TAG_KIND: KIND_VARIANT,
+                                          TAG_VARIANT: variant, TAG_SEED: str(seed), TAG_STATUS: status})
+    rid = run.info.run_id
+    folder = tmp_path / "eval" / rid
+    folder.mkdir(parents=True)
+    samples = {}
+    for task, items in ((A, a), (B, b)):
+        samples[task] = folder / f"{task}.jsonl"
+        samples[task].write_text("".join(json.dumps({"doc_id": i, "score": float(s), "prediction": "x", "target": "y"})
+                                         + "\n" for i, s in enumerate(items)))
+    scores = {A: sum(a) / len(a), B: sum(b) / len(b)}
+    log_eval_result(client, rid, EvalResult(model="embedded", tasks=[A, B], scores=scores,
+                                            metrics={t: {"relaxed_overall": s / 100} for t, s in scores.items()},
+                                            samples=samples))
+    return rid, scores
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
+    parent = client.create_run(exp_id, tags={TAG_KIND: KIND_SWEEP}).info.run_id
+    logged = {}
+    for variant, seed, status, a, b in RUNS:
+        rid, scores = _log_variant(client, exp_id, parent, tmp, variant, seed, status, a, b)
+        logged[(variant, seed)] = (rid, scores)
+    # training signals of full/seed 0, for the figures
+    rid = logged[("full", 0)][0]
+    keys = ["proposer_reward", "answer_entropy", "majority_density", "mean_step_cos", "r_sol_mean", "r_ans_mean",
+            "r_step_mean", "lambda", "group_size", "step_positions_used", "mean_steps_per_rollout"]
+    client.log_batch(rid, metrics=[Metric(f"train/{k}", math.sin(t / 5 + j), 0, t)
+                                   for j, k in enumerate(keys) for t in range(1, 41)])
+    diag = tmp / "diagnostics.jsonl"
+    diag.write_text(json.dumps({"iteration": 40, "group": [0, 2, 3], "S": [[0.9, 0.5, None], [0.8, 0.1, 0.7],
+                                                                            [0.95, 0.6, 0.65]],
+                                "D": [0.1167, 0.6, 0.325], "question": "What is angle C?",
+                                "answers": ["60", "60", "60"]}) + "\n")
+    client.log_artifact(rid, str(diag), "train")
+    return uri, client, parent, logged, tmp
+
+
+@pytest.fixture(scope="module")
+def report(store):
+    uri, _, _, _, tmp = store
+    return build_report(EXPERIMENT, uri, tmp / "report", n_resamples=2000)
+
+
+def test_table1_equals_the_logged_metrics(store, report):
+    uri, client, parent, logged, tmp = store
+    assert report.parent_run_id == parent
+    rows = list(csv.DictReader(open(report.tables["table1"][1])))
+    cell = {(r["method"], r["benchmark"]): r for r in rows}
+    for variant in ("baseline", "soft_only"):
+        rid, scores = logged[(variant, 0)]
+        metrics = client.get_run(rid).data.metrics
+        for task in (A, B):
+            assert float(cell[(variant, task)]["mean"]) == metrics[f"eval/{task}"] == scores[task]
+    # full has two seeds: mean and sample std of the two logged values
+    for task in (A, B):
+        v0 = client.get_run(logged[("full", 0)][0]).data.metrics[f"eval/{task}"]
+        v1 = client.get_run(logged[("full", 1)][0]).data.metrics[f"eval/{task}"]
+        assert float(cell[("full", task)]["mean"]) == pytest.approx((v0 + v1) / 2)
+        assert float(cell[("full", task)]["std"]) == pytest.approx(abs(v0 - v1) / math.sqrt(2))
+        assert cell[("full", task)]["n_seeds"] == "2"
+    # Δ over the same items: full per item (mean over seeds) minus baseline per item
+    # A: full [100, 100, 50, 0, 100] - base [100, 0, 0, 0, 100] = [0, 100, 50, 0, 0] -> mean 30
+    assert float(cell[("full", A)]["delta"]) == pytest.approx(30.0)
+    assert float(cell[("full", A)]["ci_low"]) <= 30.0 <= float(cell[("full", A)]["ci_high"])
+
+
+def test_failed_runs_are_left_out_and_said_so(store, report):
+    _, _, _, logged, _ = store
+    assert logged[("no_warmup", 0)][0] in report.runs_excluded
+    assert logged[("no_warmup", 0)][0] not in report.runs_used
+    assert "no_warmup" not in report.report_path.read_text().split("## Runs left out")[0]
+
+
+def test_log_table_on_the_parent_matches_the_csv(store, report):
+    uri, client, parent, _, tmp = store
+    local = client.download_artifacts(parent, REPORT_TABLE, str(tmp / "dl"))
+    table = json.loads(open(local).read())
+    cols = table["columns"]
+    logged = [dict(zip(cols, row)) for row in table["data"]]
+    csv_rows = [r for t in report.tables.values() for r in csv.DictReader(open(t[1]))]
+    assert len(logged) == len(csv_rows)
+    for lg, cr in zip(logged, csv_rows):
+        assert lg["method"] == cr["method"] and lg["benchmark"] == cr["benchmark"]
+        assert (lg["mean"] is None and cr["mean"] == "") or lg["mean"] == pytest.approx(float(cr["mean"]))
+    names = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/table1.md", "report/table1.csv"} <= names
+
+
+def test_figures_are_pngs_that_open(report):
+    names = sorted(p.name for p in report.figures)
+    assert names == ["figure3.png", "figure5.png", "figure6.png", "figure7.png"]
+    for p in report.figures:
+        with Image.open(p) as im:
+            im.load()
+            assert im.format == "PNG" and im.width > 300 and im.height > 300
+            assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 10   # not a blank canvas
+
+
+def test_cli_entry_writes_the_report_without_logging(store, capsys):
+    uri, _, parent, _, tmp = store
+    rc = main(["--experiment", EXPERIMENT, "--tracking-uri", uri, "--out-dir", str(tmp / "cli"), "--no-log",
+               "--resamples", "200"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Table 1" in out and parent in out
+    assert (tmp / "cli" / "tables" / "table1.md").is_file()
+
+
+def test_unknown_experiment_is_a_clear_error(store, capsys):
+    uri, _, _, _, tmp = store
+    assert main(["--experiment", "nope", "--tracking-uri", uri, "--out-dir", str(tmp / "x")]) == 2
+    assert "experiment 'nope' not found" in capsys.readouterr().err
