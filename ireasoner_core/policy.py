@@ -197,7 +197,8 @@ class Policy:
                 pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppress_ids,
             )
             if fixed_length:   # throughput benchmarks: decode exactly max_new_tokens
-                gen_kwargs.update(min_new_tokens=max_new_tokens, eos_token_id=None)
+                # No stop token, and none sampled either: the completion mask would otherwise cut there.
+                gen_kwargs.update(eos_token_id=None, suppress_tokens=self.suppress_ids + self.eos_ids)
             seqs = self.model.generate(**enc, **gen_kwargs)
             batches.append(self._rollout_batch(enc, seqs, [i for i in idxs for _ in range(k)], k))
         return batches
