@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +80,9 @@ class UpdateStats:
 class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = (), backbone: tuple | None = None):
         self.cfg = cfg
-        self.acc = Accelerator()
+        # cpu=True when there is no CUDA/ROCm device: accelerate then runs processes started by
+        # `accelerate launch --multi_gpu` / torchrun as a gloo group (MULTI_CPU) instead of alone.
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.out = Path(cfg.checkpoint.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -94,6 +96,9 @@ class Trainer:
             if cfg.progress_bar:
                 self.callbacks.append(ProgressBar(cfg.schedule.iterations))
         self.images_skipped = 0
+        # Called as hook(phase, "start" | "end") around each timed phase, inside its wall time at the
+        # end (so a GPU synchronize is counted); benchmarks read per-phase peak memory through it.
+        self.phase_hooks: list[Callable[[str, str], None]] = []
 
         # Identical LoRA initialisation on every process, then a distinct sampling stream per rank.
         _seed_everything(cfg.seed)
@@ -294,7 +299,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- one iteration
     def iteration(self, t: int) -> dict[str, Any]:
         cfg, s, pol = self.cfg, self.cfg.sampling, self.policy
-        timer = _PhaseTimer()
+        timer = _PhaseTimer(self.phase_hooks)
         images, skipped = self._images_for(t)
         self.images_skipped += int(self._mean_all(skipped) * self.world) if self.world > 1 else skipped
 
@@ -445,17 +450,22 @@ def train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainR
 
 
 class _PhaseTimer:
-    def __init__(self):
+    def __init__(self, hooks: Sequence[Callable[[str, str], None]] = ()):
         self._s: dict[str, float] = {}
+        self._hooks = hooks
 
     def __call__(self, phase: str):
         timer = self
 
         class _Ctx:
             def __enter__(self):
+                for hook in timer._hooks:
+                    hook(phase, "start")
                 self.t = time.perf_counter()
 
             def __exit__(self, *exc):
+                for hook in timer._hooks:
+                    hook(phase, "end")
                 timer._s[phase] = timer._s.get(phase, 0.0) + time.perf_counter() - self.t
 
         return _Ctx()
