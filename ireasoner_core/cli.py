@@ -1,7 +1,7 @@
 """`ireasoner` command line: the core runs with no orchestration at all.
 
     ireasoner train --config configs/tiny.yaml [--set schedule.iterations=50 ...]
-    accelerate launch --cpu --num_processes 2 -m ireasoner_core.cli train --config configs/tiny.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m ireasoner_core.cli train --config configs/tiny.yaml  # CPU: gloo
     ireasoner build-embedded              # build (once) and cache the embedded tiny Qwen2.5-VL
     ireasoner make-images DIR -n 200      # synthetic unlabeled images with ground truth on the side
     ireasoner report --experiment ireasoner   # tables and figures from MLflow (needs the tracking extras)
