@@ -262,23 +262,29 @@ def config_identity_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_variants(spec: ExperimentSpec, manifest: Path | None, data_hash: str) -> list[VariantPlan]:
-    """Expand the spec into variant × seed plans with deterministic run directories."""
+def plan_variants(spec: ExperimentSpec, manifest: Path | None, data_hash: str, source_hash: str
+                  ) -> list[VariantPlan]:
+    """Expand the spec into variant × seed plans, each with a run directory fixed by
+    (variant, seed, config hash, data hash, source hash): a retry or a re-run of the same
+    thing resumes there, while changed code or data never resumes another's checkpoints."""
+    ident = f"{data_hash[:8]}-{source_hash[:8]}"
     runs = resolve_path(spec.runs_dir)
     model = spec.model_config_dict()
     plans = []
     for v in spec.variant_specs():
         for seed in spec.seeds:
             key = f"{v.name}-s{seed}"
+            if v.ablation == BASELINE and seed != spec.seeds[0]:
+                continue  # the untrained model does not depend on a training seed
             if v.ablation == BASELINE:
                 h = config_identity_hash({"baseline": True, "model": model})
                 plans.append(VariantPlan(key=key, variant=v.name, ablation=BASELINE, seed=seed, baseline=True,
                                          config={}, model=model, config_hash=h,
-                                         output_dir=str(runs / spec.name / f"{key}-{h[:8]}-{data_hash[:8]}")))
+                                         output_dir=str(runs / spec.name / f"{key}-{h[:8]}-{ident}")))
                 continue
             cfg = spec.train_config(v, seed, manifest).model_dump(mode="json")
             h = config_identity_hash(cfg)
-            out = runs / spec.name / f"{key}-{h[:8]}-{data_hash[:8]}"
+            out = runs / spec.name / f"{key}-{h[:8]}-{ident}"
             cfg["checkpoint"]["output_dir"] = str(out)
             plans.append(VariantPlan(key=key, variant=v.name, ablation=v.ablation, seed=seed, baseline=False,
                                      config=cfg, model=cfg["model"], config_hash=h, output_dir=str(out)))

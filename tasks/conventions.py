@@ -21,6 +21,7 @@ TAG_SEED = "ireasoner.seed"
 TAG_CONFIG_HASH = "ireasoner.config_hash"
 TAG_DATA_HASH = "ireasoner.data_hash"       # PoolManifest.hash()
 TAG_CODE_HASH = "ireasoner.code_hash"       # git commit (+ "-dirty")
+TAG_SOURCE_HASH = "ireasoner.source_hash"   # sha256 of the source files (what skip-if-finished matches on)
 TAG_LOCK_HASH = "ireasoner.lock_hash"       # sha256 of requirements.lock
 TAG_STATUS = "ireasoner.status"             # "finished" | "failed" | "skipped"
 TAG_FLOW_RUN_ID = "prefect.flow_run_id"

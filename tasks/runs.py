@@ -28,6 +28,7 @@ from tasks.conventions import (
     TAG_KIND,
     TAG_LOCK_HASH,
     TAG_SEED,
+    TAG_SOURCE_HASH,
     TAG_STATUS,
     TAG_VARIANT,
 )
@@ -64,17 +65,18 @@ def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     location = None
-    if client.tracking_uri.startswith("sqlite:") and client.tracking_uri == f"sqlite:///{DEFAULT_DB}":
-        # Keep artifacts beside the database, not in ./mlruns of whatever directory we run from.
-        location = DEFAULT_ARTIFACTS.as_uri()
+    if client.tracking_uri.startswith("sqlite:///"):
+        # Keep artifacts beside the database file, not in ./mlruns of whatever directory we run from.
+        db = Path(client.tracking_uri.removeprefix("sqlite:///"))
+        location = (db.parent / DEFAULT_ARTIFACTS.name).absolute().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 
 
-def provenance_tags(code: str, lock: str, data: str) -> dict[str, str]:
-    return {TAG_CODE_HASH: code, TAG_LOCK_HASH: lock, TAG_DATA_HASH: data}
+def provenance_tags(code: str, source: str, lock: str, data: str) -> dict[str, str]:
+    return {TAG_CODE_HASH: code, TAG_SOURCE_HASH: source, TAG_LOCK_HASH: lock, TAG_DATA_HASH: data}
 
 
 def create_parent_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
@@ -103,13 +105,13 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 
 def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str, seed: int,
-                          config_hash: str, data_hash: str, code_hash: str) -> Any | None:
-    """The newest child run that finished with the same variant, seed, config, data and code: a skip."""
+                          config_hash: str, data_hash: str, source_hash: str) -> Any | None:
+    """The newest child run that finished with the same variant, seed, config, data and source: a skip."""
     def q(v: str) -> str:
         return v.replace("'", "\\'")
     flt = (f"tags.`{TAG_KIND}` = '{KIND_VARIANT}' and tags.`{TAG_VARIANT}` = '{q(variant)}' "
            f"and tags.`{TAG_SEED}` = '{seed}' and tags.`{TAG_CONFIG_HASH}` = '{q(config_hash)}' "
-           f"and tags.`{TAG_DATA_HASH}` = '{q(data_hash)}' and tags.`{TAG_CODE_HASH}` = '{q(code_hash)}' "
+           f"and tags.`{TAG_DATA_HASH}` = '{q(data_hash)}' and tags.`{TAG_SOURCE_HASH}` = '{q(source_hash)}' "
            f"and tags.`{TAG_STATUS}` = 'finished' and attributes.status = 'FINISHED'")
     runs = client.search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
                               max_results=1)

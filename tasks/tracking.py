@@ -86,8 +86,19 @@ class MlflowTrainLogger(TrainerCallback):
         if self.logger is not None:
             self.logger.info("training starts at global iteration %d (MLflow has steps up to %d)",
                              start_iteration, self.last_step)
+        if start_iteration > self.last_step:
+            self.backfill(Path(cfg.checkpoint.output_dir) / "metrics.jsonl", start_iteration)
 
-    def on_iteration(self, record: dict[str, Any]) -> None:
+    def backfill(self, metrics_path: Path, up_to: int) -> None:
+        """Log the checkpointed history (iterations <= up_to) that this run does not have yet: a
+        run resumed from another attempt's checkpoint still shows every iteration."""
+        follower = JsonlFollower(metrics_path)
+        for record in follower.poll():
+            if int(record.get("iteration", 0)) <= up_to:
+                self.on_iteration(record, quiet=True)
+        self.flush()
+
+    def on_iteration(self, record: dict[str, Any], quiet: bool = False) -> None:
         step = int(record["iteration"])
         if step <= self.last_step:
             return  # redone after a resume: this step is already in MLflow
@@ -95,7 +106,7 @@ class MlflowTrainLogger(TrainerCallback):
         self._pending.extend(Metric(k, v, now_ms, step) for k, v in record_to_metrics(record).items())
         self._pending_records += 1
         self.last_step = step
-        if self.logger is not None:
+        if self.logger is not None and not quiet:
             self.logger.info("iteration %d: %s", step, _summary(record))
         if self._pending_records >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -67,7 +67,7 @@ def test_follower_reads_complete_lines_and_restarts_after_truncation(tmp_path):
 def test_skip_lookup_matches_only_finished_runs_with_same_hashes(client):
     exp = ensure_experiment(client, "ireasoner-test")
     parent = create_parent_run(client, exp, "sweep", {})
-    tags = {"ireasoner.data_hash": "d1", "ireasoner.code_hash": "c1"}
+    tags = {"ireasoner.data_hash": "d1", "ireasoner.source_hash": "c1"}
     a = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {"rewards.alpha": 0.7})
     assert client.get_run(a).data.tags[TAG_KIND] == KIND_VARIANT
     assert client.get_run(a).data.params["rewards.alpha"] == "0.7"

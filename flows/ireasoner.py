@@ -1,0 +1,281 @@
+"""The ``ireasoner`` flow: image pool → variants × seeds (train, evaluate) → results table → report.
+
+One flow run is one sweep and one MLflow parent run; each variant × seed is a child run.
+Deployments (deployments/prefect.yaml) are presets of this flow's single parameter, the
+``ExperimentSpec``, which Prefect validates before the body runs.
+
+Order of work, and why:
+1. MLflow experiment and the training concurrency limit are created once, before fan-out
+   (parallel creators race).
+2. The pool is sampled once (cached on disk by a hash of sources, size and seed); its manifest
+   hash is the data identity of every child run.
+3. Variants whose child run already finished with the same config, data and code hashes are
+   skipped (``force=True`` retrains them from scratch); the others run concurrently as Prefect
+   tasks (``dispatch='local'``) or as flow runs of ``ireasoner-variant/variant`` that any worker
+   of the pool picks up (``dispatch='workers'``). A failed variant does not stop the others.
+4. The table (one row per variant × seed) goes to the parent run and to Prefect artifacts;
+   the flow run fails at the end, naming the failed variants, if any failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import flow, get_run_logger, task
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run as current_flow_run
+
+from flows.spec import EvaluationSpec, ExperimentSpec, ResourcesSpec, VariantPlan, plan_variants, resolve_path
+from tasks.conventions import (
+    EXPERIMENT,
+    TAG_CONFIG_HASH,
+    TAG_FAILED_VARIANTS,
+    TAG_FLOW_RUN_ID,
+    TAG_FLOW_RUN_URL,
+    TAG_SOURCE_HASH,
+)
+from tasks.pool import sample_image_pool
+from tasks.provenance import code_hash, lock_hash, source_hash
+from tasks.results import log_results_table, make_row, publish_prefect_artifacts
+from tasks.runs import (
+    create_child_run,
+    create_parent_run,
+    ensure_experiment,
+    find_finished_variant,
+    finish_run,
+    provenance_tags,
+    run_url,
+    tracking_uri,
+)
+from tasks.train import TRAINING_LIMIT, train_variant
+
+VARIANT_DEPLOYMENT = "ireasoner-variant/variant"
+NO_EVALUATION = "no evaluation tasks configured"
+
+
+def evaluation_available() -> bool:
+    return importlib.util.find_spec("tasks.evaluate") is not None
+
+
+def ensure_training_limit(limit: int) -> None:
+    """Create the global concurrency limit on first use; an existing one (maybe edited in the UI) is kept."""
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+        except ObjectNotFound:
+            existing = None
+        if existing is None:
+            client.upsert_global_concurrency_limit_by_name(TRAINING_LIMIT, limit)
+        elif existing.limit != limit:
+            get_run_logger().warning("concurrency limit %r stays at %d (spec asks %d; change it with "
+                                     "`prefect gcl update %s --limit N` or in the UI)",
+                                     TRAINING_LIMIT, existing.limit, limit, TRAINING_LIMIT)
+
+
+@task(name="variant", task_run_name="{plan.key}")
+def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: ResourcesSpec,
+                evaluation: EvaluationSpec, data_hash: str) -> dict[str, Any]:
+    """Train (unless baseline) and evaluate one variant × seed into its MLflow child run."""
+    log = get_run_logger()
+    client = MlflowClient(tracking)
+    try:
+        trained: dict[str, Any] = {}
+        adapter = None
+        if not plan.baseline:
+            trained = train_variant.with_options(
+                retries=resources.retries, retry_delay_seconds=resources.retry_delay_seconds,
+            )(plan, run_id, tracking, launcher=resources.launcher, devices=resources.devices_per_variant,
+              cpu=resources.cpu, data_hash=data_hash)
+            adapter = trained["solver_adapter"]
+        scores: dict[str, float] = {}
+        if evaluation.tasks:
+            from tasks.evaluate import evaluate_variant
+
+            scores = evaluate_variant(plan.model, adapter, list(evaluation.tasks),
+                                      str(Path(plan.output_dir) / "eval"), run_id, limit=evaluation.limit,
+                                      tracking_uri=tracking)
+        else:
+            log.info("%s: %s, so it has no benchmark scores", plan.key, NO_EVALUATION)
+            client.set_tag(run_id, "ireasoner.evaluation", NO_EVALUATION)
+        finish_run(client, run_id, ok=True, status_tag="finished")
+        return {**trained, "scores": dict(scores)}
+    except BaseException as err:
+        finish_run(client, run_id, ok=False, status_tag="failed", error=f"{type(err).__name__}: {err}")
+        raise
+
+
+@flow(name="ireasoner-variant", log_prints=True)
+def ireasoner_variant(plan: VariantPlan, run_id: str, tracking: str, resources: ResourcesSpec,
+                      evaluation: EvaluationSpec, data_hash: str) -> dict[str, Any]:
+    """One variant × seed as its own flow run, for ``dispatch='workers'`` (any worker of the pool runs it)."""
+    return run_variant(plan, run_id, tracking, resources, evaluation, data_hash)
+
+
+@task(name="dispatch-variant", task_run_name="dispatch-{plan.key}")
+def dispatch_variant(plan: VariantPlan, run_id: str, tracking: str, resources: ResourcesSpec,
+                     evaluation: EvaluationSpec, data_hash: str) -> dict[str, Any]:
+    """Start the variant as a flow run of ireasoner-variant/variant and wait for it."""
+    from prefect.deployments import run_deployment
+
+    fr = run_deployment(VARIANT_DEPLOYMENT, parameters={
+        "plan": plan.model_dump(mode="json"), "run_id": run_id, "tracking": tracking,
+        "resources": resources.model_dump(mode="json"), "evaluation": evaluation.model_dump(mode="json"),
+        "data_hash": data_hash}, flow_run_name=plan.key, timeout=None, poll_interval=10)
+    if fr.state is None or not fr.state.is_completed():
+        raise RuntimeError(f"variant flow run {fr.name} ended {fr.state.name if fr.state else 'unknown'}: "
+                           f"{fr.state.message if fr.state else ''}")
+    return fr.state.result()
+
+
+def _spec_hash(spec: ExperimentSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flow_run_url() -> str:
+    url = current_flow_run.ui_url  # "None/..." when PREFECT_UI_URL is unset (ephemeral mode)
+    if not url or url.startswith("None"):
+        url = f"http://127.0.0.1:4200/runs/flow-run/{current_flow_run.id}"
+    return url
+
+
+@flow(name="ireasoner", log_prints=True)
+def ireasoner(spec: ExperimentSpec, force: bool = False) -> dict[str, Any]:
+    """Run a sweep: pool, then every variant × seed of the spec, then the results table."""
+    log = get_run_logger()
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, EXPERIMENT)
+    if spec.evaluation.tasks and not evaluation_available():
+        raise RuntimeError(f"evaluation.tasks={spec.evaluation.tasks} but the evaluation layer (tasks/evaluate.py) "
+                           "is not installed; remove the tasks or install it")
+    ensure_training_limit(spec.resources.max_parallel_training)
+    code, source, lock = code_hash(), source_hash(), lock_hash()
+    runs_dir = resolve_path(spec.runs_dir)
+
+    pool = sample_image_pool(sources=[str(resolve_path(s)) for s in spec.images.sources],
+                             size=spec.images.pool_size, seed=spec.images.pool_seed,
+                             synthetic_images=spec.images.synthetic_images, pools_dir=str(runs_dir / "pools"))
+    plans = plan_variants(spec, Path(pool.manifest), pool.data_hash, source)
+    tags = provenance_tags(code, source, lock, pool.data_hash)
+    parent = create_parent_run(client, experiment_id, spec.name, {
+        **tags, TAG_CONFIG_HASH: _spec_hash(spec), TAG_FLOW_RUN_ID: str(current_flow_run.id),
+        TAG_FLOW_RUN_URL: _flow_run_url()})
+    print(f"MLflow parent run {parent} ({run_url(uri, experiment_id, parent)}); tracking store {uri}")
+    try:
+        client.log_dict(parent, spec.model_dump(mode="json"), "spec.json")
+        client.log_dict(parent, [p.model_dump(mode="json") for p in plans], "plans.json")
+        rows, failures = _run_plans(spec, plans, force, client, uri, experiment_id, parent, tags, pool.data_hash)
+        log_results_table(client, parent, rows, list(spec.evaluation.tasks))
+        publish_prefect_artifacts(rows, list(spec.evaluation.tasks), spec.name)
+        client.set_tag(parent, TAG_FAILED_VARIANTS, json.dumps(failures))
+        finish_run(client, parent, ok=not failures, status_tag="failed" if failures else "finished")
+    except BaseException as err:
+        finish_run(client, parent, ok=False, status_tag="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if any(r["status"] == "finished" for r in rows):
+        try:
+            _report(spec, uri, parent, runs_dir)
+        except Exception as err:
+            # The trained variants and the table are logged; a report that cannot be drawn does
+            # not undo them. Recorded on the parent run and in the log, and rebuildable later
+            # with `ireasoner report --parent-run-id <id>`.
+            client.set_tag(parent, "ireasoner.report_error", f"{type(err).__name__}: {err}"[:5000])
+            log.error("report failed (rebuild with `ireasoner report --parent-run-id %s`): %s: %s",
+                      parent, type(err).__name__, err)
+    else:
+        log.info("nothing was trained or evaluated in this run: no new report")
+    summary = {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "rows": rows,
+               "failed": failures}
+    log.info("sweep %s: %d finished, %d skipped, %d failed", spec.name,
+             sum(r["status"] == "finished" for r in rows), sum(r["status"] == "skipped" for r in rows),
+             sum(r["status"] == "failed" for r in rows))
+    if failures:
+        raise RuntimeError(f"failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    return summary
+
+
+def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, client: MlflowClient, uri: str,
+               experiment_id: str, parent: str, tags: dict[str, str], data_hash: str
+               ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Skip finished variants, run the rest concurrently, and collect one row per plan."""
+    log = get_run_logger()
+    source = tags[TAG_SOURCE_HASH]
+    eval_tasks = list(spec.evaluation.tasks)
+    rows: dict[str, dict[str, Any]] = {}
+    submitted = []
+    runner = run_variant if spec.resources.dispatch == "local" else dispatch_variant
+    for plan in plans:
+        done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
+                                                       plan.config_hash, data_hash, source)
+        if done is not None:
+            m = done.data.metrics
+            rows[plan.key] = make_row(plan.variant, plan.seed, "skipped", done.info.run_id,
+                                      run_url(uri, experiment_id, done.info.run_id), _int(m.get("iterations")),
+                                      m.get("train_seconds"), _scores(m, eval_tasks), eval_tasks)
+            log.info("%s: skipped, run %s already finished with the same config, data and code", plan.key,
+                     done.info.run_id)
+            continue
+        if force and Path(plan.output_dir).exists():
+            # Only here, never inside the task: a retry must find its checkpoints.
+            shutil.rmtree(plan.output_dir)
+        if plan.baseline:
+            params = {f"model.{k}": v for k, v in plan.model.items()}
+        else:
+            params = _flat(plan.config)
+        child = create_child_run(client, experiment_id, parent, plan.key, plan.variant, plan.seed, plan.config_hash,
+                                 tags, params)
+        future = runner.submit(plan, child, uri, spec.resources, spec.evaluation, data_hash)
+        submitted.append((plan, child, future))
+    failures: dict[str, str] = {}
+    for plan, child, future in submitted:
+        future.wait()
+        state = future.state
+        url = run_url(uri, experiment_id, child)
+        if state.is_completed():
+            out = state.result()
+            rows[plan.key] = make_row(plan.variant, plan.seed, "finished", child, url, out.get("iterations"),
+                                      out.get("seconds"), out.get("scores"), eval_tasks)
+        else:
+            failures[plan.key] = state.message or state.name
+            rows[plan.key] = make_row(plan.variant, plan.seed, "failed", child, url, eval_tasks=eval_tasks,
+                                      error=failures[plan.key])
+            log.error("%s failed: %s", plan.key, failures[plan.key])
+    return [rows[p.key] for p in plans], failures
+
+
+def _report(spec: ExperimentSpec, uri: str, parent: str, runs_dir: Path) -> None:
+    """Tables and figures from MLflow, when the report layer (tasks/reporting.py) is installed."""
+    log = get_run_logger()
+    if importlib.util.find_spec("tasks.reporting") is None:
+        log.info("report layer (tasks/reporting.py) not installed: results table only")
+        return
+    from tasks.reporting import build_report
+
+    out = runs_dir / spec.name / "report"
+    build_report(EXPERIMENT, uri, str(out), parent_run_id=parent)
+    log.info("report written to %s", out)
+
+
+def _flat(cfg: dict[str, Any]) -> dict[str, Any]:
+    from ireasoner_core.config import TrainConfig
+
+    return TrainConfig.model_validate(cfg).flat()
+
+
+def _int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _scores(metrics: dict[str, float], eval_tasks: list[str]) -> dict[str, float]:
+    from tasks.conventions import EVAL_PREFIX, metric_name
+
+    return {t: metrics[metric_name(EVAL_PREFIX + t)] for t in eval_tasks if metric_name(EVAL_PREFIX + t) in metrics}
+

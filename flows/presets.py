@@ -1,0 +1,62 @@
+"""Presets of the ``ireasoner`` flow: the parameters of the four deployments.
+
+deployments/prefect.yaml carries the same values (a test checks they agree), so the Prefect
+UI shows, and lets a person edit, exactly what each deployment runs.
+
+- ``smoke``: the embedded tiny model on synthetic images, minutes on a CPU.
+- ``main``: paper table 1, the untrained baseline and the full method.
+- ``ablations``: every variant of paper tables 2 and 3.
+- ``retrain``: the full method on the current image folder (scheduled, off by default).
+
+The 7B presets read the image folder from ``$IREASONER_IMAGES`` on the machine that runs the
+flow (a worker), so one deployment serves any node that mounts its images there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PAPER_MODEL_CONFIG = "configs/qwen2.5-vl-7b.yaml"
+IMAGES_ENV = "$IREASONER_IMAGES"
+SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "name": "smoke",
+        "base_config": "configs/tiny.yaml",
+        "images": {"synthetic_images": 16},
+        "iterations": 8,
+        "overrides": {"checkpoint.every": 4},
+        "variants": ["baseline", "full"],
+        "seeds": [0],
+        "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
+                       "limit": 8},
+    },
+    "main": {
+        "name": "main",
+        "base_config": PAPER_MODEL_CONFIG,
+        "images": {"sources": [IMAGES_ENV]},
+        "variants": ["baseline", "full"],
+        "seeds": [0],
+        "evaluation": {"tasks": []},
+        "resources": dict(SEVEN_B_RESOURCES),
+    },
+    "ablations": {
+        "name": "ablations",
+        "base_config": PAPER_MODEL_CONFIG,
+        "images": {"sources": [IMAGES_ENV]},
+        "variants": ["table2", "table3"],
+        "seeds": [0],
+        "evaluation": {"tasks": []},
+        "resources": dict(SEVEN_B_RESOURCES),
+    },
+    "retrain": {
+        "name": "retrain",
+        "base_config": PAPER_MODEL_CONFIG,
+        "images": {"sources": [IMAGES_ENV]},
+        "variants": ["full"],
+        "seeds": [0],
+        "evaluation": {"tasks": []},
+        "resources": dict(SEVEN_B_RESOURCES),
+    },
+}

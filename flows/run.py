@@ -1,0 +1,89 @@
+"""Run a preset of the ``ireasoner`` flow in this process, with no server started by hand.
+
+    python -m flows.run smoke                     # the README's main job
+    python -m flows.run smoke --set iterations=4 --set variants='[full, soft_only]'
+    python -m flows.run ablations --force
+
+Prefect runs in its local ephemeral mode unless ``PREFECT_API_URL`` points at a server;
+MLflow writes to ``sqlite:///<repo>/mlflow.db`` with artifacts in ``<repo>/mlartifacts``
+unless ``MLFLOW_TRACKING_URI`` is set. The last lines printed say how to open both UIs on
+what was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import yaml
+
+
+def _set(spec: dict, dotted: str, value) -> None:
+    node = spec
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flows.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m flows.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("preset", choices=sorted(PRESETS))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="Change a spec field, e.g. iterations=4, resources.retries=0, variants='[full]' (YAML values).")
+    p.add_argument("--force", action="store_true", help="Retrain variants that already finished.")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its first write races the ephemeral DB
+    # A first start creates the database; on a busy 2-core machine that exceeds the 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    spec_dict = yaml.safe_load(yaml.safe_dump(PRESETS[args.preset]))
+    for pair in args.set:
+        if "=" not in pair:
+            p.error(f"--set expects FIELD=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        _set(spec_dict, key.strip(), yaml.safe_load(value))
+
+    from flows.ireasoner import ireasoner
+    from tasks.runs import tracking_uri
+
+    print(f"[ireasoner] preset {args.preset}: {spec_dict}", flush=True)
+    started = time.monotonic()
+    state = ireasoner(spec=spec_dict, force=args.force, return_state=True)
+    minutes = (time.monotonic() - started) / 60
+    uri = tracking_uri()
+    print(f"\n[ireasoner] flow run {state.name} after {minutes:.1f} min: {state.message or ''}".rstrip())
+    if state.is_completed():
+        for row in state.result()["rows"]:
+            print(f"  {row['variant']:<20} seed {row['seed']}  {row['status']:<8} iterations {row['iterations']}  "
+                  f"{row['mlflow_url']}")
+    print(_how_to_look(uri))
+    return 0 if state.is_completed() else 1
+
+
+def _how_to_look(uri: str) -> str:
+    prefect_api = os.environ.get("PREFECT_API_URL")
+    lines = ["", "To look at what this run wrote:"]
+    if uri.startswith("sqlite:"):
+        lines.append(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+                     "   then open http://127.0.0.1:5000 (experiment 'ireasoner')")
+    else:
+        lines.append(f"  MLflow UI:  open {uri}")
+    if prefect_api:
+        lines.append(f"  Prefect UI: open {prefect_api.removesuffix('/api')}")
+    else:
+        home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        lines.append(f"  Prefect UI: PREFECT_HOME={home} .venv/bin/prefect server start --host 127.0.0.1 --port 4200"
+                     "   then open http://127.0.0.1:4200/runs")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
