@@ -18,15 +18,19 @@ and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
 * vision tower: 2 blocks, hidden 64, 4 heads, patch 14, temporal patch 2, spatial merge 2,
   window 112 px with the last block global (``fullatt_block_indexes``), so windowed and full
   attention and the 2x2 patch merger all run exactly as in the 7B; out_hidden_size = 128.
-* processor: images resized to 56x56 .. 224x224 pixels, i.e. 4 .. 64 merged image tokens, so a
-  rollout prompt stays ~150 tokens.
+* processor: images resized to 56x56 .. 168x168 pixels, i.e. 4 .. 36 merged image tokens (a
+  224 px synthetic chart becomes 12x12 patches), so a Solver prompt stays ~130 tokens.
 * tokenizer: byte-level BPE (Qwen2's pre-tokenizer, one digit per token) trained on the prompt
-  text and the synthetic QA (~2k tokens), Qwen2.5-VL's 14 special tokens, and the role format
+  text and the synthetic QA (~770 tokens: the corpus is templated text, and rows it never uses
+  would only be noise for the LoRA updates), Qwen2.5-VL's 14 special tokens, and the role format
   tags ``<think> </think> <answer> </answer> <question> </question> <rationale> </rationale>``
   as single non-special tokens (decode keeps them).
 
-About 1-3 M parameters. The warm-start (``embedded/warmstart.py``) fine-tunes all of them on
-synthetic chart/diagram/geometry images so both roles emit their tags before self-evolution.
+About 1.3 M parameters. The warm-start (``embedded/warmstart.py``) fine-tunes all of them
+(220 AdamW steps of 16 sequences, 12 Solver + 4 Proposer) on synthetic chart/diagram/geometry
+images so both roles emit their tags before self-evolution; the model reads little of the image,
+so its N rollouts agree sometimes and differ often, which is what the answer-level and step
+rewards need to have a signal. BUILD.json records the measured format compliance.
 
 The cache is ``<cache_dir>/<build-version>/`` (default ``~/.cache/ireasoner/embedded``, or
 ``$IREASONER_EMBEDDED_CACHE``). A build happens in a temporary sibling directory under a file

@@ -14,9 +14,10 @@ from transformers import (
 )
 
 # Images are resized to between MIN and MAX pixels, in multiples of 28 (patch 14 x merge 2):
-# 112x112 gives 16 merged image tokens, 224x224 gives 64. Small enough for CPU rollouts.
+# a 224x224 synthetic image becomes 168x168, i.e. 12x12 patches and 36 merged image tokens.
+# Enough to tell a pie from a food chain; small enough that CPU rollouts stay short.
 EMBEDDED_MIN_PIXELS = 56 * 56
-EMBEDDED_MAX_PIXELS = 224 * 224
+EMBEDDED_MAX_PIXELS = 168 * 168
 
 TEXT_HIDDEN = 128
 TEXT_LAYERS = 4

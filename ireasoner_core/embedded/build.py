@@ -20,21 +20,22 @@ from ireasoner_core.data.synthetic import generate_synthetic, read_ground_truth
 from ireasoner_core.embedded.architecture import build_processor, generation_config, tiny_config
 from ireasoner_core.embedded.corpus import corpus_texts
 from ireasoner_core.embedded.tokenizer import CHAT_TEMPLATE, train_tokenizer
+from ireasoner_core.embedded.warmstart import WarmStartConfig, warm_start as run_warm_start
 
 BUILD_FILE = "BUILD.json"
 BUILD_SEED = 1234
 # Bump when the architecture, corpus or warm-start recipe changes: a new version is a new cache dir.
-_RECIPE_VERSION = "0"
-# The first recipe ships the untrained model so the trainer can be developed against it.
-WARM_START = False
+_RECIPE_VERSION = "1"
+# Tests of the cache machinery switch this off to build the untrained variant in a second.
+WARM_START = True
 # Items whose QA text trains the tokenizer (cheap: text only, but generate_synthetic draws them).
 TOKENIZER_ITEMS = 200
 
 
 def build_version() -> str:
-    """Cache key: the recipe version plus a hash of the prompt text the warm-start teaches."""
+    """Cache key: the recipe version plus a hash of the prompt text and warm-start recipe it teaches."""
     text = "\x00".join([_RECIPE_VERSION, prompts.PROPOSER_INSTRUCTION, prompts.SOLVER_INSTRUCTION,
-                        prompts.FALLBACK_QUESTION, CHAT_TEMPLATE])
+                        prompts.FALLBACK_QUESTION, CHAT_TEMPLATE, repr(WarmStartConfig())])
     return f"v{_RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
@@ -63,8 +64,6 @@ def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: b
 
     info: dict = {"build_version": build_version(), "seed": BUILD_SEED, "warm_start": None}
     if warm_start:
-        from ireasoner_core.embedded.warmstart import warm_start as run_warm_start
-
         info["warm_start"] = run_warm_start(model, processor, progress=progress)
 
     model.eval()
