@@ -1,0 +1,113 @@
+"""The experiment spec: bad values fail at validation naming the field; plans are deterministic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.exceptions import ParameterTypeError
+from pydantic import ValidationError
+
+from flows.ireasoner import ireasoner
+from flows.presets import PRESETS
+from flows.spec import ExperimentSpec, VariantSpec, config_identity_hash, plan_variants
+from ireasoner_core.config import TABLE2_ABLATIONS, TABLE3_ABLATIONS
+
+
+def _error(**spec) -> str:
+    with pytest.raises(ValidationError) as exc:
+        ExperimentSpec.model_validate(spec)
+    return str(exc.value)
+
+
+def test_unknown_variant_names_the_entry_and_the_known_names():
+    msg = _error(variants=["full", "warp_drive"])
+    assert "variants[1]: unknown variant 'warp_drive'" in msg and "soft_only" in msg
+
+
+def test_negative_iterations_names_the_field():
+    msg = _error(iterations=-3)
+    assert "iterations" in msg and "greater than 0" in msg
+
+
+def test_negative_iterations_in_an_override_is_rejected_by_the_run_config():
+    msg = _error(overrides={"schedule.iterations": -1})
+    assert "schedule.iterations" in msg and "-1" in msg
+
+
+def test_missing_image_folder_names_the_field(tmp_path):
+    msg = _error(images={"sources": [str(tmp_path / "nope")]})
+    assert "images.sources[0]: image folder not found" in msg and "nope" in msg
+
+
+def test_unknown_ablation_in_an_explicit_variant():
+    msg = _error(variants=[{"name": "mine", "ablation": "no_such"}])
+    assert "unknown ablation 'no_such'" in msg
+
+
+def test_flow_parameter_validation_rejects_before_the_body_runs():
+    # Prefect validates the pydantic parameter with the flow's signature; the body never starts.
+    with pytest.raises(ParameterTypeError) as exc:
+        ireasoner.validate_parameters({"spec": {"variants": ["warp_drive"]}})
+    assert "warp_drive" in str(exc.value)
+
+
+def test_groups_expand_to_the_paper_tables():
+    spec = ExperimentSpec(variants=["baseline", "table2", "table3"])
+    names = [v.name for v in spec.variant_specs()]
+    assert names == ["baseline", *TABLE2_ABLATIONS, *TABLE3_ABLATIONS]
+    assert len(names) == 1 + 11 + 4
+
+
+def test_duplicate_variants_rejected():
+    assert "duplicate names ['full']" in _error(variants=["full", "table2"])
+
+
+def test_plans_are_deterministic_and_ablations_change_the_config(tmp_path):
+    spec = ExperimentSpec(variants=["baseline", "full", "soft_only", VariantSpec(name="eta01", overrides={
+        "rewards.eta": 0.1})], seeds=[0, 1], iterations=3, runs_dir=str(tmp_path))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    plans = plan_variants(spec, manifest, "d" * 16, "s" * 16)
+    # The baseline does not depend on a training seed: one plan, not two.
+    assert [p.key for p in plans] == ["baseline-s0", "full-s0", "full-s1", "soft_only-s0", "soft_only-s1",
+                                      "eta01-s0", "eta01-s1"]
+    again = plan_variants(spec, manifest, "d" * 16, "s" * 16)
+    assert [p.output_dir for p in plans] == [p.output_dir for p in again]
+    by_key = {p.key: p for p in plans}
+    full, soft, eta = by_key["full-s0"], by_key["soft_only-s0"], by_key["eta01-s0"]
+    assert soft.config["rewards"]["lambda_end"] == 0.0 and full.config["rewards"]["lambda_end"] == 0.7
+    assert eta.config["rewards"]["eta"] == 0.1
+    assert full.config["schedule"]["iterations"] == 3
+    assert full.config["data"]["manifest"] == str(manifest)
+    assert len({p.config_hash for p in plans}) == len(plans)  # the seed is part of what is trained
+    # The run directory is inside runs_dir/<sweep>, and is what the trainer checkpoints into.
+    assert Path(full.output_dir).parent == tmp_path / spec.name
+    assert full.config["checkpoint"]["output_dir"] == full.output_dir
+    # Different data or code: a different directory, so no checkpoint of other data is resumed.
+    other = plan_variants(spec, manifest, "e" * 16, "s" * 16)
+    assert other[1].output_dir != full.output_dir and other[1].config_hash == full.config_hash
+
+
+def test_config_hash_ignores_locations_only():
+    a = {"seed": 0, "rewards": {"eta": 0.05}, "data": {"manifest": "/a/m.json", "image_dir": None},
+         "checkpoint": {"output_dir": "/x"}, "model": {"embedded_cache_dir": "/c"}, "run_name": "a"}
+    b = {"seed": 0, "rewards": {"eta": 0.05}, "data": {"manifest": "/b/m.json", "image_dir": "/i"},
+         "checkpoint": {"output_dir": "/y"}, "model": {"embedded_cache_dir": None}, "run_name": "b"}
+    assert config_identity_hash(a) == config_identity_hash(b)
+    b["rewards"]["eta"] = 0.06
+    assert config_identity_hash(a) != config_identity_hash(b)
+
+
+def test_every_preset_is_a_valid_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("IREASONER_IMAGES", str(tmp_path))
+    for name, preset in PRESETS.items():
+        spec = ExperimentSpec.model_validate(preset)
+        assert spec.name == name
+    assert [v.name for v in ExperimentSpec.model_validate(PRESETS["main"]).variant_specs()] == ["baseline", "full"]
+    assert len(ExperimentSpec.model_validate(PRESETS["ablations"]).variant_specs()) == 15
+
+
+def test_seven_b_presets_need_the_image_folder(monkeypatch):
+    monkeypatch.delenv("IREASONER_IMAGES", raising=False)
+    assert "images.sources[0]: image folder not found: '$IREASONER_IMAGES'" in _error(**PRESETS["retrain"])
