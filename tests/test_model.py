@@ -167,6 +167,12 @@ def test_non_qwen_directory_is_rejected(tmp_path):
         load_backbone(ModelConfig(name_or_path=str(llama)))
 
 
+def test_uncached_hub_id_is_named(no_network, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="nobody-here/not-a-model.*neither a local directory"):
+        load_backbone(ModelConfig(name_or_path="nobody-here/not-a-model"))
+
+
 def test_non_embedded_path_is_passed_through(tmp_path):
     assert resolve_model_path(ModelConfig(name_or_path="Qwen/Qwen2.5-VL-7B-Instruct")) == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert resolve_model_path(ModelConfig(name_or_path=str(tmp_path))) == str(tmp_path)
