@@ -191,8 +191,10 @@ class Policy:
         for idxs, k in plan:
             enc = self.encode_prompts(role, [images[i] for i in idxs],
                                       None if questions is None else [questions[i] for i in idxs])
+            # Every sampling setting explicit: Qwen2.5-VL-7B ships a near-greedy generation config
+            # (top_k=1, top_p=0.001, repetition_penalty=1.05) that would otherwise apply.
             gen_kwargs = dict(
-                do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
                 max_new_tokens=max_new_tokens, num_return_sequences=k, use_cache=self.use_cache,
                 pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppress_ids,
             )
@@ -250,6 +252,7 @@ class Policy:
                             chunk_tokens: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 7 ingredients: per-token log pi(y_t) and per-token KL(pi || pi_ref), both [B, T], with grad."""
         self.activate(role)
+        self.model.eval()
         with torch.no_grad(), self.model.disable_adapter():
             ref_h = self._hidden(batch, ref_features)
         self.model.train()
@@ -266,7 +269,8 @@ class Policy:
                 lp, kl = fn(lm_head, h[:, sl], ref_h[:, sl], tokens[:, sl])
             logps.append(lp)
             kls.append(kl)
-        self.model.eval()
+        # Stays in train mode: with perf.gradient_checkpointing the backward recomputes this forward,
+        # and LoRA dropout must run there as it ran here (generate() switches back to eval).
         return torch.cat(logps, dim=1), torch.cat(kls, dim=1)
 
     # ----------------------------------------------------------------------------- step embeddings
