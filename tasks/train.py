@@ -154,6 +154,7 @@ def _log_outputs(client: MlflowClient, run_id: str, out: Path, result: dict[str,
         client.log_artifact(run_id, str(diagnostics), "train")
     log_artifact_dir(client, run_id, Path(result["solver_adapter"]), f"{ARTIFACT_ADAPTERS}/solver")
     log_artifact_dir(client, run_id, Path(result["proposer_adapter"]), f"{ARTIFACT_ADAPTERS}/proposer")
+    client.set_tag(run_id, "ireasoner.start_iteration", str(result.get("start_iteration", 0)))
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[
         Metric("iterations", float(result["iterations"]), now, 0),
