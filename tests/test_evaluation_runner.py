@@ -1,0 +1,84 @@
+"""run_evaluation end to end on the mini tasks, with the network cut: nothing is downloaded, the
+per-item files agree with the headline scores, and a real benchmark that cannot be reached is an
+error naming it."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from ireasoner_core.config import ModelConfig
+from ireasoner_core.evaluation import MINI_TASKS, TABLE1_TASKS
+from ireasoner_core.evaluation.runner import (BenchmarkUnavailableError, EvaluationError, check_tasks,
+                                              run_evaluation, _task_manager)
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Every outgoing connection fails and is recorded (a library that swallows the error is still
+    caught); hub libraries are told they are offline as well. Yields the list of attempts."""
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[1:] if len(args) > 1 else args))
+        raise NetworkUsed(f"network access attempted: {attempts[-1]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    # a fresh cache: the mini sets are built inside the test, with the network cut
+    monkeypatch.setenv("IREASONER_EVAL_CACHE", str(tmp_path / "eval-cache"))
+    # and an empty datasets cache, so a benchmark cached on this machine cannot hide a download
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    yield attempts
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    return _task_manager()
+
+
+@pytest.mark.slow
+def test_mini_tasks_evaluate_offline_and_samples_match_scores(no_network, tmp_path, embedded_model_dir):
+    res = run_evaluation(ModelConfig(), None, list(MINI_TASKS), tmp_path / "out", limit=3, max_new_tokens=12,
+                         device="cpu")
+    assert res.is_main_process and res.tasks == MINI_TASKS
+    assert set(res.scores) == set(MINI_TASKS)
+    for task in MINI_TASKS:
+        rows = [json.loads(line) for line in res.samples[task].read_text().splitlines()]
+        assert [r["doc_id"] for r in rows] == [0, 1, 2] and res.n_items[task] == 3
+        assert all(r["score"] in (0.0, 100.0) and r["generation"] is not None for r in rows)
+        # the headline is the mean of the per-item scores, on 0-100
+        assert res.scores[task] == pytest.approx(sum(r["score"] for r in rows) / 3)
+        assert res.metrics[task] and all("," not in k for k in res.metrics[task])
+    assert res.metrics["ireasoner_chartqa_mini"]["relaxed_overall"] * 100 == pytest.approx(
+        res.scores["ireasoner_chartqa_mini"])
+    summary = json.loads(res.results_path.read_text())
+    assert set(MINI_TASKS) <= set(summary["results"])
+    assert no_network == []   # not even a DNS lookup was tried
+
+
+@pytest.mark.slow
+def test_unknown_and_unreachable_tasks_are_errors_naming_the_task(no_network, task_manager):
+    with pytest.raises(EvaluationError, match="'chartqa_mini_typo'"):
+        check_tasks(["chartqa_mini_typo"], task_manager)
+    with pytest.raises(EvaluationError, match="more than once"):
+        check_tasks(["ireasoner_ai2d_mini", "ireasoner_ai2d_mini"], task_manager)
+    # a table-1 benchmark whose dataset is not on this machine and cannot be fetched
+    with pytest.raises(BenchmarkUnavailableError, match="benchmark 'mathverse_testmini'"):
+        check_tasks(["mathverse_testmini"], task_manager)
+
+
+@pytest.mark.slow
+def test_table1_task_names_exist_in_the_installed_lmms_eval(task_manager):
+    assert set(TABLE1_TASKS) | {"mathvision_test"} <= set(task_manager.all_tasks)
+    assert set(MINI_TASKS) <= set(task_manager.all_tasks)
