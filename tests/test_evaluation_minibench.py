@@ -108,3 +108,16 @@ def test_bad_names_and_sizes_are_named(monkeypatch):
     monkeypatch.setenv("IREASONER_MINI_SIZE", "lots")
     with pytest.raises(MiniBenchmarkError, match="IREASONER_MINI_SIZE='lots'"):
         mini_size()
+
+
+def test_ai2d_answer_by_letter_or_by_option_text():
+    from ireasoner_core.evaluation.minibench import ai2d_process_results, chosen_option
+
+    options = ["grass", "owl", "snake"]
+    assert [chosen_option(p, options) for p in ("B", "B.", "(B)", "B) owl", " owl ", "Owl.")] == [1] * 6
+    assert chosen_option("D", options) is None          # no fourth option
+    assert chosen_option("A fox", options) is None      # an article, not a letter
+    assert chosen_option("hawk", options) is None
+    doc = {"options": options, "answer": "1"}
+    assert ai2d_process_results(doc, ["owl"]) == {"exact_match": 1.0}
+    assert ai2d_process_results(doc, ["C"]) == {"exact_match": 0.0}

@@ -16,7 +16,9 @@ Formats follow the real benchmarks so that lmms-eval's own scorers run unchanged
   charts; one open (number or word) question per chart.
 * ``ireasoner_ai2d_mini``: AI2D rows {question, options, answer (index), image}: food-chain
   diagrams, one multiple-choice question each (the generator's own choice question, or an open
-  one given distractors from the same chain first, then from the other organisms).
+  one given distractors from the same chain first, then from the other organisms). Prompted by
+  lmms-eval's AI2D ``doc_to_text``; scored by ``ai2d_process_results`` (exact match on the
+  chosen option, named by its letter or by its text).
 * ``ireasoner_geometry_mini``: {question, answer, image}: triangles, rectangles and circles
   with one numeric question each, scored by ``numeric_match``.
 
@@ -214,6 +216,29 @@ def numeric_match(prediction: str, target: str, rel_tol: float = 0.01) -> bool:
         return False
     pred, gold = float(found[-1]), float(target)
     return abs(pred - gold) <= rel_tol * max(abs(gold), 1e-9)
+
+
+_LETTER = re.compile(r"^\s*\(?([A-Z])\s*(?:[.):]|$)")
+
+
+def chosen_option(prediction: str, options: list[str]) -> int | None:
+    """Index of the option an answer picks: its letter ("B", "B.", "(B)", "B) owl") or its exact text."""
+    pred = str(prediction).strip()
+    m = _LETTER.match(pred)
+    if m and ord(m.group(1)) - ord("A") < len(options):
+        return ord(m.group(1)) - ord("A")
+    norm = " ".join(pred.lower().strip(" .").split())
+    matches = [i for i, o in enumerate(options) if " ".join(o.lower().split()) == norm]
+    return matches[0] if len(matches) == 1 else None
+
+
+def ai2d_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """AI2D exact match on the chosen option, where the option may be named by letter or by its text.
+
+    lmms-eval's AI2D scoring accepts only the letter; here the option's text also counts, since
+    the Solver answers inside <answer> and a small model often writes "owl" for "B. owl".
+    """
+    return {"exact_match": 1.0 if chosen_option(results[0], list(doc["options"])) == int(doc["answer"]) else 0.0}
 
 
 def geometry_doc_to_visual(doc: dict) -> list:
