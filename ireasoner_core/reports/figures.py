@@ -182,3 +182,33 @@ def training_figures(history: History, diagnostics: Sequence[Mapping] | None, ou
     if diagnostics:
         paths.append(plot_step_agreement(pick_diagnostic(diagnostics, iteration), out_dir / f"{prefix}figure7.png"))
     return paths
+
+
+def figures_from_run_dir(run_dir: Path, out_dir: Path | None = None, iteration: int | None = None) -> list[Path]:
+    """Figures 3/5/6/7 straight from a training run directory (metrics.jsonl, diagnostics.jsonl)."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} not found: is {run_dir} a training run directory?")
+    diag = run_dir / "diagnostics.jsonl"
+    diagnostics = read_jsonl(diag) if diag.is_file() else None
+    return training_figures(history_from_records(read_jsonl(metrics)), diagnostics, out_dir or run_dir / "figures",
+                            subtitle=run_dir.name, iteration=iteration)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ireasoner_core.reports.figures RUN_DIR [--out DIR] [--iteration K]` (no MLflow needed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Draw figures 3, 5, 6 and 7 from a training run directory.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/figures)")
+    parser.add_argument("--iteration", type=int, default=None, help="figure 7's iteration (default: last logged)")
+    args = parser.parse_args(argv)
+    for p in figures_from_run_dir(args.run_dir, args.out, args.iteration):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
