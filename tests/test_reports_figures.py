@@ -54,3 +54,11 @@ def test_figures_from_a_tiny_training_run_open_as_images(tiny_cfg, tmp_path):
     assert [d["iteration"] for d in diags] == [1, 2, 3, 4]
     usable = any(v is not None for d in diags for row in d["S"] for v in row)
     assert ("figure7.png" in names) == usable
+
+
+def test_no_figure7_when_no_iteration_had_a_defined_similarity(tmp_path):
+    from ireasoner_core.reports.figures import training_figures
+
+    history = {"lambda": [(1, 0.0), (2, 0.1)]}
+    paths = training_figures(history, [{"iteration": 2, "group": [], "S": [], "D": []}], tmp_path)
+    assert [p.name for p in paths] == ["figure3.png", "figure5.png", "figure6.png"]

@@ -102,3 +102,9 @@ def test_paper_tables_split_methods_ablations_and_step_budgets():
     # max_steps_8 is the full method's default: shown from the full runs, with a note saying so
     assert t3.cell("max_steps_8", A).mean == 75.0
     assert any("max_steps_8" in n for n in t3.notes)
+
+
+def test_tables_without_runs_of_their_own_are_left_out():
+    only_main = [r for r in RUNS if r.variant in ("baseline", "full")]
+    assert [t.name for t in paper_tables(only_main, n_resamples=100)] == ["table1"]
+    assert paper_tables([r for r in RUNS if r.variant == "baseline"], n_resamples=100) == []

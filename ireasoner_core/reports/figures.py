@@ -109,6 +109,11 @@ def plot_training_figure(name: str, history: History, out_path: Path, *, subtitl
     return out_path
 
 
+def usable_diagnostics(diagnostics: Sequence[Mapping]) -> list[Mapping]:
+    """Records with at least one defined S_ij (a dominant group of >= 2 rollouts sharing a step)."""
+    return [d for d in diagnostics if d.get("S") and any(v is not None for row in d["S"] for v in row)]
+
+
 def pick_diagnostic(diagnostics: Sequence[Mapping], iteration: int | None = None) -> Mapping:
     """The diagnostics record of ``iteration``, or the last one that has a non-empty S matrix."""
     if iteration is not None:
@@ -117,7 +122,7 @@ def pick_diagnostic(diagnostics: Sequence[Mapping], iteration: int | None = None
                 return d
         logged = [d.get("iteration") for d in diagnostics]
         raise ValueError(f"no diagnostics logged for iteration {iteration}; logged iterations: {logged}")
-    usable = [d for d in diagnostics if d.get("S") and any(v is not None for row in d["S"] for v in row)]
+    usable = usable_diagnostics(diagnostics)
     if not usable:
         raise ValueError("no diagnostics record has a step-similarity matrix S (was the dominant group ever >= 2?)")
     return usable[-1]
@@ -177,9 +182,10 @@ def plot_step_agreement(record: Mapping, out_path: Path) -> Path:
 
 def training_figures(history: History, diagnostics: Sequence[Mapping] | None, out_dir: Path, *,
                      prefix: str = "", subtitle: str = "", iteration: int | None = None) -> list[Path]:
-    """All four figures for one run: figure3/5/6 from ``history``, figure7 when diagnostics exist."""
+    """All four figures for one run: figure3/5/6 from ``history``; figure7 when some logged
+    iteration had a defined S_ij (a short run of an untrained model may have none: no figure 7)."""
     paths = [plot_training_figure(n, history, out_dir / f"{prefix}{n}.png", subtitle=subtitle) for n in FIGURE_PANELS]
-    if diagnostics:
+    if diagnostics and (iteration is not None or usable_diagnostics(diagnostics)):
         paths.append(plot_step_agreement(pick_diagnostic(diagnostics, iteration), out_dir / f"{prefix}figure7.png"))
     return paths
 

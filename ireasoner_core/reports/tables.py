@@ -263,17 +263,21 @@ def _ordered_tasks(tasks: set[str]) -> list[str]:
 
 def paper_tables(runs: Sequence[VariantRun], *, tasks: Sequence[str] | None = None,
                  reference_rows: bool = True, n_resamples: int = 10_000) -> list[Table]:
-    """Tables 1 (methods), 2 (ablations) and 3 (step budgets); a table with no runs is left out."""
+    """Tables 1 (methods), 2 (ablations) and 3 (step budgets); a table without runs of its own is left out."""
     specs = [
         ("table1", "Table 1: benchmark results", [BASELINE, "soft_only", "full"], {}, reference_rows),
         ("table2", "Table 2: ablations of the intrinsic rewards", [BASELINE, *TABLE2_ABLATIONS], {}, False),
         ("table3", "Table 3: step budget (max reasoning steps)", [BASELINE, *TABLE3_ABLATIONS],
          {"max_steps_8": "full"}, False),
     ]
+    variants = {r.variant for r in runs}
     tables = []
     for name, title, methods, aliases, ref in specs:
-        t = build_table(name, title, runs, methods, tasks=tasks, aliases=aliases, reference_rows=ref,
-                        n_resamples=n_resamples)
-        if any(m != BASELINE and not m.startswith("paper:") for m in t.methods):
-            tables.append(t)
+        # A table earns its place with a run of its own beyond the baseline and the full method
+        # (table 1 needs only full); otherwise it would repeat table 1's rows.
+        own = set(methods) - {BASELINE} - ({"full"} if name != "table1" else set())
+        if not own & variants:
+            continue
+        tables.append(build_table(name, title, runs, methods, tasks=tasks, aliases=aliases, reference_rows=ref,
+                                  n_resamples=n_resamples))
     return tables
