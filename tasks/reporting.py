@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
-from ireasoner_core.reports.figures import history_from_records, read_jsonl, training_figures
+from ireasoner_core.reports.figures import read_jsonl, training_figures, usable_diagnostics
 from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
 from tasks.conventions import (
     EVAL_PREFIX,
@@ -57,6 +57,7 @@ class ReportResult(BaseModel):
     report_path: Path | None = None
     runs_used: list[str] = Field(default_factory=list)
     runs_excluded: dict[str, str] = Field(default_factory=dict, description="run id -> why")
+    notes: list[str] = Field(default_factory=list)
     logged_to_mlflow: bool = False
 
 
@@ -125,12 +126,14 @@ def read_diagnostics(client: MlflowClient, run: Run, scratch: Path) -> list[dict
 # ----------------------------------------------------------------------------- the report
 
 
-def _report_markdown(tables: list[Table], figures: list[Path], out_dir: Path, excluded: dict[str, str]) -> str:
+def _report_markdown(tables: list[Table], figures: list[Path], out_dir: Path, excluded: dict[str, str],
+                     notes: list[str]) -> str:
     lines = ["# iReasoner report", ""]
     for t in tables:
         lines += [t.to_markdown(), ""]
-    if figures:
-        lines += ["## Figures", ""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in figures] + [""]
+    if figures or notes:
+        lines += ["## Figures", ""] + [f"![{p.parent.name}/{p.stem}]({p.relative_to(out_dir).as_posix()})"
+                                       for p in figures] + [""] + [f"- {n}" for n in notes] + [""]
     if excluded:
         lines += ["## Runs left out", ""] + [f"- `{r}`: {why}" for r, why in excluded.items()] + [""]
     return "\n".join(lines)
@@ -161,6 +164,13 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
                 name = f"{vr.variant}-seed{vr.seed}"
                 result.figures += training_figures(history, diagnostics, out_dir / FIGURES_DIR / name,
                                                    subtitle=f"{name} (run {run.info.run_id[:8]})")
+                if not diagnostics:
+                    result.notes.append(f"{name}: no figure 7; the run has no {DIAGNOSTICS_ARTIFACT} artifact")
+                elif not usable_diagnostics(diagnostics):
+                    logged = [d.get("iteration") for d in diagnostics]
+                    result.notes.append(
+                        f"{name}: no figure 7; no logged iteration {logged} had a dominant group of >= 2 rollouts "
+                        "sharing a step (log diagnostics more often: log_diagnostics_every)")
     if not variant_runs and not result.figures:
         where = f"parent run {parent_run_id}" if parent_run_id else f"experiment {experiment!r}"
         raise ReportError(f"{where}: no variant run has eval/<task> scores or train/* metrics to report")
@@ -169,7 +179,8 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
     for t in tables:
         result.tables[t.name] = list(t.write(out_dir / "tables"))
     result.report_path = out_dir / "report.md"
-    result.report_path.write_text(_report_markdown(tables, result.figures, out_dir, result.runs_excluded))
+    result.report_path.write_text(_report_markdown(tables, result.figures, out_dir, result.runs_excluded,
+                                                    result.notes))
 
     if log_to_mlflow and parent_run_id is not None:
         if tables:
