@@ -29,6 +29,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run as current_flow_run
 
 from flows.spec import EvaluationSpec, ExperimentSpec, ResourcesSpec, VariantPlan, plan_variants, resolve_path
@@ -99,9 +100,10 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
         if evaluation.tasks:
             from tasks.evaluate import evaluate_variant
 
-            scores = evaluate_variant(plan.model, adapter, list(evaluation.tasks),
-                                      str(Path(plan.output_dir) / "eval"), run_id, limit=evaluation.limit,
-                                      tracking_uri=tracking)
+            with concurrency(TRAINING_LIMIT, occupy=1):  # evaluation holds the GPUs as training does
+                scores = evaluate_variant(plan.model, adapter, list(evaluation.tasks),
+                                          str(Path(plan.output_dir) / "eval"), run_id, limit=evaluation.limit,
+                                          tracking_uri=tracking)
         else:
             log.info("%s: %s, so it has no benchmark scores", plan.key, NO_EVALUATION)
             client.set_tag(run_id, "ireasoner.evaluation", NO_EVALUATION)
@@ -132,7 +134,15 @@ def dispatch_variant(plan: VariantPlan, run_id: str, tracking: str, resources: R
     if fr.state is None or not fr.state.is_completed():
         raise RuntimeError(f"variant flow run {fr.name} ended {fr.state.name if fr.state else 'unknown'}: "
                            f"{fr.state.message if fr.state else ''}")
-    return fr.state.result()
+    # The variant ran on another worker, whose task results this process cannot read: its
+    # numbers come from its MLflow child run.
+    return _outcome_from_run(MlflowClient(tracking).get_run(run_id), list(evaluation.tasks))
+
+
+def _outcome_from_run(run: Any, eval_tasks: list[str]) -> dict[str, Any]:
+    m = run.data.metrics
+    return {"iterations": _int(m.get("iterations")), "seconds": m.get("train_seconds"),
+            "scores": _scores(m, eval_tasks)}
 
 
 def _spec_hash(spec: ExperimentSpec) -> str:
@@ -216,10 +226,10 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
         done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
                                                        plan.config_hash, data_hash, source)
         if done is not None:
-            m = done.data.metrics
+            o = _outcome_from_run(done, eval_tasks)
             rows[plan.key] = make_row(plan.variant, plan.seed, "skipped", done.info.run_id,
-                                      run_url(uri, experiment_id, done.info.run_id), _int(m.get("iterations")),
-                                      m.get("train_seconds"), _scores(m, eval_tasks), eval_tasks)
+                                      run_url(uri, experiment_id, done.info.run_id), o["iterations"],
+                                      o["seconds"], o["scores"], eval_tasks)
             log.info("%s: skipped, run %s already finished with the same config, data and code", plan.key,
                      done.info.run_id)
             continue

@@ -61,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking_uri()
     print(f"\n[ireasoner] flow run {state.name} after {minutes:.1f} min: {state.message or ''}".rstrip())
     if state.is_completed():
+        tasks = spec_dict.get("evaluation", {}).get("tasks", [])
         for row in state.result()["rows"]:
-            print(f"  {row['variant']:<20} seed {row['seed']}  {row['status']:<8} iterations {row['iterations']}  "
-                  f"{row['mlflow_url']}")
+            scores = "  ".join(f"{t}={row[t]:.1f}" for t in tasks if row.get(t) is not None) or "no scores"
+            its = "-" if row["iterations"] is None else row["iterations"]
+            print(f"  {row['variant']:<20} seed {row['seed']}  {row['status']:<8} iterations {its:<5} {scores}\n"
+                  f"      {row['mlflow_url']}")
     print(_how_to_look(uri))
     return 0 if state.is_completed() else 1
 

@@ -190,3 +190,26 @@ def test_bad_parameter_fails_the_flow_run_at_validation(stack, bad_spec, reason)
     assert task_runs == []  # no pool, no training: the body never ran
     exp = client.get_experiment_by_name(EXPERIMENT)
     assert (len(client.search_runs([exp.experiment_id])) if exp else 0) == parents_before
+
+
+def test_dispatch_workers_runs_each_variant_as_its_own_flow_run(stack):
+    """Scale-out path: each variant × seed is a flow run of ireasoner-variant/variant on the pool."""
+    params = {"spec": {"name": "fanout-ci", "variants": ["no_density"], "iterations": 2,
+                       "runs_dir": str(stack["tmp"] / "runs"), "images": {"synthetic_images": 4},
+                       "resources": {"dispatch": "workers"},
+                       "overrides": {"checkpoint.every": 1, "sampling.num_rollouts": 2,
+                                     "sampling.solver_max_new_tokens": 16, "sampling.proposer_max_new_tokens": 16}}}
+    flow_run_id = _run_deployment(stack, "ireasoner/smoke", params)
+    fr, _ = _wait_final(stack, flow_run_id)
+    assert fr.state.is_completed(), f"{fr.state}\n{stack['worker_log'].read_text()[-4000:]}"
+    parent, children, table = _parent(stack, flow_run_id)
+    assert set(children) == {"no_density"} and table["status"] == ["finished"] and table["iterations"] == [2]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack["env"]["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["variant"])),
+                                         flow_run_filter=FlowRunFilter())
+    assert [r.name for r in runs] == ["no_density-s0"] and runs[0].state.is_completed()
