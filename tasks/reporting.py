@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from ireasoner_core.reports.figures import read_jsonl, training_figures, usable_diagnostics
 from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
+from tasks.runs import tracking_uri as default_tracking_uri
 from tasks.conventions import (
     EVAL_PREFIX,
     EVAL_SAMPLES_DIR,
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Rebuild the paper's tables and figures from MLflow.")
     parser.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT})")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default store)")
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the flow's store, <repo>/mlflow.db)")
     parser.add_argument("--parent-run-id", default=None, help="the sweep run to report (default: the newest)")
     parser.add_argument("--all-runs", action="store_true",
                         help="pool every variant run of the experiment instead of one sweep")
@@ -213,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (default 10000)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     out_dir = args.out_dir or Path("reports") / args.experiment
+    # The same store the flow writes to when nothing is configured.
+    uri = args.tracking_uri or default_tracking_uri()
     try:
-        res = build_report(args.experiment, args.tracking_uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
+        res = build_report(args.experiment, uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
                            log_to_mlflow=not args.no_log, reference_rows=not args.no_paper_rows,
                            n_resamples=args.resamples)
     except ReportError as err:

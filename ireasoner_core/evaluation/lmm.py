@@ -37,7 +37,7 @@ from ..prompts import solver_messages
 
 EMBEDDED_MAX_NEW_TOKENS = 96
 DEFAULT_MAX_NEW_TOKENS = 512
-EMBEDDED_BATCH_SIZE = 32
+EMBEDDED_BATCH_SIZE = 64
 DEFAULT_BATCH_SIZE = 8
 ANSWER_STOP = "</answer>"
 # lmms-eval prompts may carry image placeholders for models that interleave; ours puts images first.

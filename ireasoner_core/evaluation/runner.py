@@ -132,7 +132,7 @@ def run_evaluation(
 ) -> EvalResult:
     """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
 
-    ``batch_size``/``max_new_tokens`` None: the plugin's defaults (32 / 96 tokens for the embedded
+    ``batch_size``/``max_new_tokens`` None: the plugin's defaults (64 / 96 tokens for the embedded
     model, 8 / 512 otherwise).
     """
     from lmms_eval.evaluator import simple_evaluate
