@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
 from tasks.conventions import EVAL_PREFIX, EVAL_SAMPLES_DIR, metric_name
+from tasks.runs import tracking_uri as default_tracking_uri
 
 EVAL_METRICS_PREFIX = "eval_metrics/"   # eval/<task> stays the headline; details live apart
 EVAL_RESULTS_DIR = "eval_results"
@@ -48,7 +49,7 @@ def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list
                      tracking_uri: str | None = None) -> dict[str, float]:
     """Run the lmms-eval tasks on base + ``adapter`` (None = the untrained baseline) and log them.
 
-    ``tracking_uri`` None: MLflow's default resolution (``MLFLOW_TRACKING_URI``, set_tracking_uri).
+    ``tracking_uri`` None: ``MLFLOW_TRACKING_URI``, else the flow's store (``tasks.runs.tracking_uri``).
     """
     log = get_run_logger()
     cfg = ModelConfig.model_validate(model_cfg)
@@ -57,7 +58,7 @@ def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list
         return {}
     for note in result.notes:
         log.warning(note)
-    scores = log_eval_result(MlflowClient(tracking_uri), mlflow_run_id, result)
+    scores = log_eval_result(MlflowClient(tracking_uri or default_tracking_uri()), mlflow_run_id, result)
     log.info("evaluated %s%s in %.0f s: %s", cfg.name_or_path, f" + {adapter}" if adapter else "",
              result.seconds, ", ".join(f"{t}={s:.2f}" for t, s in scores.items()))
     return scores

@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 
 from ireasoner_core.reports.figures import read_jsonl, training_figures, usable_diagnostics
 from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
-from tasks.runs import tracking_uri as default_tracking_uri
 from tasks.conventions import (
     EVAL_PREFIX,
     EVAL_SAMPLES_DIR,
@@ -38,6 +37,7 @@ from tasks.conventions import (
     TAG_VARIANT,
     TRAIN_PREFIX,
 )
+from tasks.runs import tracking_uri as default_tracking_uri
 
 REPORT_DIR = "report"
 REPORT_TABLE = "report/tables.json"          # mlflow.log_table of every table cell (long format)
