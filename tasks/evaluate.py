@@ -8,6 +8,7 @@ metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
@@ -43,6 +45,13 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
     return dict(result.scores)
 
 
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:   # called as a plain function (evaluate_variant.fn), e.g. in tests
+        return logging.getLogger(__name__)
+
+
 @task(name="evaluate", task_run_name="evaluate-{mlflow_run_id}")
 def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list[str], output_dir: str,
                      mlflow_run_id: str, limit: int | None = None,
@@ -51,7 +60,7 @@ def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list
 
     ``tracking_uri`` None: ``MLFLOW_TRACKING_URI``, else the flow's store (``tasks.runs.tracking_uri``).
     """
-    log = get_run_logger()
+    log = _logger()
     cfg = ModelConfig.model_validate(model_cfg)
     result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit)
     if not result.is_main_process:
