@@ -97,9 +97,13 @@ def test_trained_adapter_is_applied_at_evaluation(adapter_dir):
     assert tuned.adapter_path == adapter_dir / "solver"
     tuned_out = _generate(tuned)
     assert tuned_out != base_out
-    # and it is the adapter, not the load: with the adapter disabled the base outputs come back
-    with tuned.model.disable_adapter():
-        assert _generate(tuned) == base_out
+    # merging the adapter into the weights (the default, for speed) answers as the LoRA layers do,
+    # and it is the adapter that makes the difference: disabled, the base outputs come back
+    unmerged = IReasonerLMM(pretrained="embedded", adapter=str(adapter_dir), device="cpu", max_new_tokens=12,
+                            batch_size=3, merge_adapter=False)
+    assert _generate(unmerged) == tuned_out
+    with unmerged.model.disable_adapter():
+        assert _generate(unmerged) == base_out
 
 
 def test_model_args_win_over_the_cli_defaults_and_unknown_args_are_named():
