@@ -22,7 +22,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
-from ireasoner_core.reports.figures import read_jsonl, training_figures, usable_diagnostics
+from ireasoner_core.reports.figures import (
+    read_jsonl,
+    training_figures,
+    usable_diagnostics,
+)
 from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
 from tasks.conventions import (
     EVAL_PREFIX,

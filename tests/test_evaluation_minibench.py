@@ -9,8 +9,15 @@ from lmms_eval.tasks.chartqa.utils import chartqa_process_results
 
 from ireasoner_core.data.synthetic import make_item
 from ireasoner_core.evaluation import MINI_TASKS, tasks_include_path
-from ireasoner_core.evaluation.minibench import (COMPLETE_FILE, MINI_SEED, MiniBenchmarkError, ensure_mini_dataset,
-                                                 mini_dataset_dir, mini_size, numeric_match)
+from ireasoner_core.evaluation.minibench import (
+    COMPLETE_FILE,
+    MINI_SEED,
+    MiniBenchmarkError,
+    ensure_mini_dataset,
+    mini_dataset_dir,
+    mini_size,
+    numeric_match,
+)
 
 N = 12
 

@@ -66,7 +66,7 @@ def _generate(lm: IReasonerLMM, n: int = 3) -> list[str]:
 def test_entry_point_yields_a_manifest_for_a_new_model_id():
     from importlib.metadata import entry_points
 
-    import lmms_eval.models as models
+    from lmms_eval import models
     from lmms_eval.models import get_model, list_available_models
 
     (ep,) = [e for e in entry_points(group="lmms_eval.models") if e.name == "ireasoner"]
@@ -127,7 +127,7 @@ def test_lmms_eval_command_line_runs_a_mini_task_with_an_adapter(adapter_dir, tm
            "--model_args", f"pretrained=embedded,adapter={adapter_dir},batch_size=4,max_new_tokens=16",
            "--tasks", "ireasoner_chartqa_mini", "--include_path", str(tasks_include_path()),
            "--limit", "4", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|ireasoner_chartqa_mini")]
     assert any("relaxed_overall" in line for line in table), proc.stdout[-3000:]
@@ -138,6 +138,6 @@ def test_lmms_eval_command_line_runs_a_mini_task_with_an_adapter(adapter_dir, tm
 @pytest.mark.integration
 def test_lmms_eval_lists_the_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lmms_eval", "models"], cwd=REPO, env=_offline_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(line.split()[:2] == ["ireasoner", "simple"] for line in proc.stdout.splitlines() if line.strip())

@@ -11,8 +11,13 @@ import pytest
 
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation import MINI_TASKS, TABLE1_TASKS
-from ireasoner_core.evaluation.runner import (BenchmarkUnavailableError, EvaluationError, check_tasks,
-                                              run_evaluation, _task_manager)
+from ireasoner_core.evaluation.runner import (
+    BenchmarkUnavailableError,
+    EvaluationError,
+    _task_manager,
+    check_tasks,
+    run_evaluation,
+)
 
 
 class NetworkUsed(AssertionError):

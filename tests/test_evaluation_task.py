@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -27,7 +28,7 @@ def test_evaluate_variant_logs_on_the_given_run(tmp_path, monkeypatch, embedded_
         assert metrics[f"eval/{task}"] == scores[task]
         assert 0.0 <= scores[task] <= 100.0
         local = client.download_artifacts(run_id, f"eval_samples/{task}.jsonl", str(tmp_path / "dl"))
-        rows = [json.loads(line) for line in open(local)]
+        rows = [json.loads(line) for line in Path(local).read_text().splitlines()]
         assert len(rows) == 2 and sum(r["score"] for r in rows) / 2 == pytest.approx(scores[task])
     assert "eval_metrics/ireasoner_chartqa_mini/relaxed_overall" in metrics
     assert not any("," in k for k in metrics)

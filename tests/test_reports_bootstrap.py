@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from ireasoner_core.reports.bootstrap import mean_over_seeds, pair_items, paired_bootstrap, summarize_seeds
+from ireasoner_core.reports.bootstrap import (
+    mean_over_seeds,
+    pair_items,
+    paired_bootstrap,
+    summarize_seeds,
+)
 
 
 def test_three_items_interval_matches_the_exact_bootstrap_distribution():

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from ireasoner_core.reports.figures import (FIGURE_PANELS, depth_profile, figures_from_run_dir,
-                                            history_from_records, pick_diagnostic, plot_training_figure, read_jsonl)
+from ireasoner_core.reports.figures import (
+    FIGURE_PANELS,
+    depth_profile,
+    figures_from_run_dir,
+    history_from_records,
+    pick_diagnostic,
+    plot_training_figure,
+    read_jsonl,
+)
 
 
 def test_depth_profile_by_hand():

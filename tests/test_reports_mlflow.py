@@ -7,8 +7,10 @@ a temporary SQLite store, then ``build_report`` reads them back.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
@@ -16,8 +18,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ireasoner_core.evaluation.runner import EvalResult
-from tasks.conventions import (EXPERIMENT, KIND_SWEEP, KIND_VARIANT, TAG_KIND, TAG_SEED, TAG_STATUS,
-                               TAG_VARIANT)
+from tasks.conventions import (
+    EXPERIMENT,
+    KIND_SWEEP,
+    KIND_VARIANT,
+    TAG_KIND,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_VARIANT,
+)
 from tasks.evaluate import log_eval_result
 from tasks.reporting import REPORT_TABLE, build_report, main
 
@@ -83,9 +92,9 @@ def report(store):
 
 
 def test_table1_equals_the_logged_metrics(store, report):
-    uri, client, parent, logged, tmp = store
+    _, client, parent, logged, _ = store
     assert report.parent_run_id == parent
-    rows = list(csv.DictReader(open(report.tables["table1"][1])))
+    rows = list(csv.DictReader(io.StringIO(report.tables["table1"][1].read_text())))
     cell = {(r["method"], r["benchmark"]): r for r in rows}
     for variant in ("baseline", "soft_only"):
         rid, scores = logged[(variant, 0)]
@@ -113,12 +122,12 @@ def test_failed_runs_are_left_out_and_said_so(store, report):
 
 
 def test_log_table_on_the_parent_matches_the_csv(store, report):
-    uri, client, parent, _, tmp = store
+    _, client, parent, _, tmp = store
     local = client.download_artifacts(parent, REPORT_TABLE, str(tmp / "dl"))
-    table = json.loads(open(local).read())
+    table = json.loads(Path(local).read_text())
     cols = table["columns"]
     logged = [dict(zip(cols, row)) for row in table["data"]]
-    csv_rows = [r for t in report.tables.values() for r in csv.DictReader(open(t[1]))]
+    csv_rows = [r for t in report.tables.values() for r in csv.DictReader(io.StringIO(t[1].read_text()))]
     assert len(logged) == len(csv_rows)
     for lg, cr in zip(logged, csv_rows):
         assert lg["method"] == cr["method"] and lg["benchmark"] == cr["benchmark"]

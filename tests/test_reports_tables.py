@@ -8,7 +8,14 @@ import math
 
 import pytest
 
-from ireasoner_core.reports.tables import AVERAGE, PAPER_BASELINE, PAPER_IREASONER, VariantRun, build_table, paper_tables
+from ireasoner_core.reports.tables import (
+    AVERAGE,
+    PAPER_BASELINE,
+    PAPER_IREASONER,
+    VariantRun,
+    build_table,
+    paper_tables,
+)
 
 A, B = "ireasoner_chartqa_mini", "ireasoner_geometry_mini"
 

@@ -154,7 +154,7 @@ class IReasonerLMM(lmms):
         self.generations: dict[tuple[str, int], str] = {}
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "IReasonerLMM":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> IReasonerLMM:
         """model_args win over the CLI's ``--batch_size``/``--device`` (its batch_size defaults to 1)."""
         from lmms_eval import utils
 
@@ -202,8 +202,9 @@ class IReasonerLMM(lmms):
         enc = self.processor(text=prompts, images=flat or None, padding=True, return_tensors="pt")
         enc = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
         temperature = float(gen_kwargs.get("temperature") or 0.0)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0)) \
-            if temperature > 0 else dict(do_sample=False)
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": float(gen_kwargs.get("top_p") or 1.0)}
         out = self._model.generate(
             **enc, **sampling, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppress_ids or None,

@@ -28,8 +28,8 @@ One question per image keeps the items independent, which the paired bootstrap a
 from __future__ import annotations
 
 import contextlib
-import functools
 import fcntl
+import functools
 import json
 import os
 import random
@@ -39,7 +39,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..data.synthetic import HERBIVORES, PREDATORS, PRODUCERS, QA, TOP_PREDATORS, make_item
+from ..data.synthetic import (
+    HERBIVORES,
+    PREDATORS,
+    PRODUCERS,
+    QA,
+    TOP_PREDATORS,
+    make_item,
+)
 
 MINI_SEED = 20_260_105
 MINI_SIZE = 200

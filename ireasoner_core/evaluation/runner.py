@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..config import ModelConfig
+from . import tasks_include_path
 from .benchmarks import BENCHMARKS, MINI_TASKS, Benchmark
 from .minibench import ensure_mini_dataset
-from . import tasks_include_path
 
 _METRIC_BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
 

@@ -8,6 +8,16 @@ from .figures import depth_profile, history_from_records, training_figures
 from .tables import Cell, Table, VariantRun, build_table, paper_tables
 
 __all__ = [
-    "BootstrapCI", "SeedSummary", "paired_bootstrap", "summarize_seeds", "depth_profile",
-    "history_from_records", "training_figures", "Cell", "Table", "VariantRun", "build_table", "paper_tables",
+    "BootstrapCI",
+    "Cell",
+    "SeedSummary",
+    "Table",
+    "VariantRun",
+    "build_table",
+    "depth_profile",
+    "history_from_records",
+    "paired_bootstrap",
+    "paper_tables",
+    "summarize_seeds",
+    "training_figures",
 ]

@@ -18,7 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..config import TABLE2_ABLATIONS, TABLE3_ABLATIONS
-from ..evaluation.benchmarks import BENCHMARKS, label as task_label
+from ..evaluation.benchmarks import BENCHMARKS
+from ..evaluation.benchmarks import label as task_label
 from .bootstrap import mean_over_seeds, pair_items, paired_bootstrap, summarize_seeds
 
 BASELINE = "baseline"
