@@ -32,7 +32,14 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run as current_flow_run
 
-from flows.spec import EvaluationSpec, ExperimentSpec, ResourcesSpec, VariantPlan, plan_variants, resolve_path
+from flows.spec import (
+    EvaluationSpec,
+    ExperimentSpec,
+    ResourcesSpec,
+    VariantPlan,
+    plan_variants,
+    resolve_path,
+)
 from tasks.conventions import (
     EXPERIMENT,
     TAG_CONFIG_HASH,
@@ -193,7 +200,7 @@ def ireasoner(spec: ExperimentSpec, force: bool = False) -> dict[str, Any]:
     if any(r["status"] == "finished" for r in rows):
         try:
             _report(spec, uri, parent, runs_dir)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any report error is recorded, not raised
             # The trained variants and the table are logged; a report that cannot be drawn does
             # not undo them. Recorded on the parent run and in the log, and rebuildable later
             # with `ireasoner report --parent-run-id <id>`.
@@ -208,7 +215,7 @@ def ireasoner(spec: ExperimentSpec, force: bool = False) -> dict[str, Any]:
              sum(r["status"] == "finished" for r in rows), sum(r["status"] == "skipped" for r in rows),
              sum(r["status"] == "failed" for r in rows))
     if failures:
-        raise RuntimeError(f"failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        raise RuntimeError("failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     return summary
 
 

@@ -180,7 +180,7 @@ class ExperimentSpec(_Spec):
         return out
 
     @model_validator(mode="after")
-    def _configs_valid(self) -> "ExperimentSpec":
+    def _configs_valid(self) -> ExperimentSpec:
         # Build every variant's run config now: a bad override fails here, before any training.
         if not self.images.sources and (self.model or EMBEDDED_MODEL) != EMBEDDED_MODEL:
             raise ValueError("images.sources: required unless model is 'embedded' (synthetic images)")
@@ -202,7 +202,8 @@ class ExperimentSpec(_Spec):
             return {}
         data = yaml.safe_load(resolve_path(self.base_config).read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"base_config {self.base_config}: top level must be a mapping")
+            # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
+            raise ValueError(f"base_config {self.base_config}: top level must be a mapping")  # noqa: TRY004
         return data
 
     def train_config(self, variant: VariantSpec, seed: int, manifest: Path | None,

@@ -18,8 +18,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient

@@ -92,7 +92,7 @@ def _system_metrics(run_id: str):
             "IREASONER_SYSTEM_METRICS_INTERVAL", "5")), resume_logging=True)
         monitor.start()
         return monitor
-    except Exception as err:  # psutil missing or a monitor failing must not stop training
+    except Exception as err:  # noqa: BLE001 - psutil missing or a monitor failing must not stop training
         get_run_logger().warning("system metrics disabled: %s", err)
         return None
 

@@ -159,12 +159,12 @@ def _command(service: str) -> list[str]:
 
 def test_builds_use_existing_dockerfile_targets_and_copy_existing_files():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
     for name, svc in SERVICES.items():
         if "build" in svc:
             assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
             assert svc["build"]["target"] in targets, name
-    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE):
         for src in line.split()[:-1]:
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the project"
 
@@ -197,7 +197,7 @@ def test_servers_use_the_postgres_service_and_its_databases():
 
 
 def test_worker_and_register_point_at_the_servers_and_the_project():
-    import flows.presets as presets
+    from flows import presets
 
     worker_env, register_env = _env("worker"), _env("register")
     assert worker_env["PREFECT_API_URL"] == "http://prefect-server:4200/api" == register_env["PREFECT_API_URL"]

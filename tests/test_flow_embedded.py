@@ -18,7 +18,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.conventions import EXPERIMENT, KIND_VARIANT, TAG_FAILED_VARIANTS, TAG_KIND, TAG_STATUS, TAG_VARIANT
+from tasks.conventions import (
+    EXPERIMENT,
+    KIND_VARIANT,
+    TAG_FAILED_VARIANTS,
+    TAG_KIND,
+    TAG_STATUS,
+    TAG_VARIANT,
+)
 
 TINY = {"checkpoint.every": 2, "sampling.num_rollouts": 2, "sampling.solver_max_new_tokens": 16,
         "sampling.proposer_max_new_tokens": 16}

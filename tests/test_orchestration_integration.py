@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.conventions import EXPERIMENT, KIND_SWEEP, KIND_VARIANT, TAG_FLOW_RUN_ID, TAG_KIND, TAG_STATUS, TAG_VARIANT
+from tasks.conventions import (
+    EXPERIMENT,
+    KIND_SWEEP,
+    KIND_VARIANT,
+    TAG_FLOW_RUN_ID,
+    TAG_KIND,
+    TAG_STATUS,
+    TAG_VARIANT,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,7 +84,7 @@ def stack(tmp_path_factory):
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/api/health", server, server_log)
         reg = subprocess.run(["bash", "deployments/register.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=400)
+                             timeout=400, check=False)
         assert reg.returncode == 0, reg.stdout[-3000:] + reg.stderr[-3000:]
         worker_log = tmp / "worker.log"
         # The documented worker command, started outside the repository: entrypoints are module paths.
@@ -95,7 +103,7 @@ def _run_deployment(stack, name: str, params: dict, watch: bool = True) -> str:
     cmd = [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params)]
     if watch:
         cmd += ["--watch", "--watch-timeout", "900"]
-    out = subprocess.run(cmd, cwd=ROOT, env=stack["env"], capture_output=True, text=True, timeout=960)
+    out = subprocess.run(cmd, cwd=ROOT, env=stack["env"], capture_output=True, text=True, timeout=960, check=False)
     text = out.stdout + out.stderr
     ids = [line.split("UUID:")[1].strip() for line in text.splitlines() if "UUID:" in line]
     assert ids, text[-3000:]
@@ -104,15 +112,13 @@ def _run_deployment(stack, name: str, params: dict, watch: bool = True) -> str:
 
 def _flow_run(stack, flow_run_id: str):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack["env"]["PREFECT_API_URL"]}):
-        with get_client(sync_client=True) as client:
-            fr = client.read_flow_run(flow_run_id)
-            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
-            return fr, task_runs
+    with temporary_settings({PREFECT_API_URL: stack["env"]["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        fr = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+        return fr, task_runs
 
 
 def _wait_final(stack, flow_run_id: str, timeout: float = 300):
@@ -158,7 +164,7 @@ def test_ablations_deployment_runs_two_variants_then_skips_them(stack):
     assert parent.info.status == "FINISHED" and parent.data.tags[TAG_FLOW_RUN_ID] == first
     assert set(children) == {"full", "soft_only"}
     client = stack["mlflow"]
-    for variant, child in children.items():
+    for child in children.values():
         assert child.info.status == "FINISHED" and child.data.tags[TAG_STATUS] == "finished"
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train/r_sol_mean")] == [1, 2]
         assert "config.yaml" in {Path(a.path).name for a in client.list_artifacts(child.info.run_id, "train")}
@@ -168,7 +174,7 @@ def test_ablations_deployment_runs_two_variants_then_skips_them(stack):
     second = _run_deployment(stack, "ireasoner/ablations", params)
     fr2, _ = _wait_final(stack, second)
     assert fr2.state.is_completed(), fr2.state
-    parent2, children2, table2 = _parent(stack, second)
+    _, children2, table2 = _parent(stack, second)
     assert children2 == {}  # nothing trained again
     assert list(table2["status"]) == ["skipped", "skipped"]
     assert set(table2["mlflow_run_id"]) == {c.info.run_id for c in children.values()}
@@ -202,14 +208,17 @@ def test_dispatch_workers_runs_each_variant_as_its_own_flow_run(stack):
     flow_run_id = _run_deployment(stack, "ireasoner/smoke", params)
     fr, _ = _wait_final(stack, flow_run_id)
     assert fr.state.is_completed(), f"{fr.state}\n{stack['worker_log'].read_text()[-4000:]}"
-    parent, children, table = _parent(stack, flow_run_id)
+    _, children, table = _parent(stack, flow_run_id)
     assert set(children) == {"no_density"} and table["status"] == ["finished"] and table["iterations"] == [2]
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack["env"]["PREFECT_API_URL"]}):
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["variant"])),
-                                         flow_run_filter=FlowRunFilter())
+    with temporary_settings({PREFECT_API_URL: stack["env"]["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["variant"])),
+                                     flow_run_filter=FlowRunFilter())
     assert [r.name for r in runs] == ["no_density-s0"] and runs[0].state.is_completed()

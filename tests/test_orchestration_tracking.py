@@ -9,7 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.conventions import KIND_VARIANT, TAG_KIND, TAG_STATUS
-from tasks.runs import create_child_run, create_parent_run, ensure_experiment, find_finished_variant, finish_run
+from tasks.runs import (
+    create_child_run,
+    create_parent_run,
+    ensure_experiment,
+    find_finished_variant,
+    finish_run,
+)
 from tasks.tracking import JsonlFollower, MlflowTrainLogger, record_to_metrics
 
 
