@@ -24,13 +24,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "name": "smoke",
         "base_config": "configs/tiny.yaml",
-        "images": {"synthetic_images": 16},
-        "iterations": 8,
-        "overrides": {"checkpoint.every": 4},
+        "images": {"synthetic_images": 32},
+        "iterations": 20,
+        # diagnostics every iteration so figure 7 finds an iteration with a dominant group of >= 2
+        "overrides": {"checkpoint.every": 5, "log_diagnostics_every": 1},
         "variants": ["baseline", "full"],
         "seeds": [0],
         "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
-                       "limit": 8},
+                       "limit": 100},
     },
     "main": {
         "name": "main",

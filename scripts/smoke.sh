@@ -4,6 +4,7 @@
 # Extra arguments go to `python -m flows.run smoke` (e.g. --set iterations=4, --force).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 exec .venv/bin/python -m flows.run smoke "$@"
