@@ -211,3 +211,20 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_image(cut)
     with pytest.raises(ImagePoolError, match="image file not found: .*gone.png"):
         load_image(tmp_path / "gone.png")
+
+
+def test_truncated_images_fail_even_after_lmms_eval_relaxes_pil(tmp_path):
+    """lmms-eval sets PIL's global LOAD_TRUNCATED_IMAGES=True on import; pool loading stays strict."""
+    from PIL import Image, ImageFile
+
+    import lmms_eval.api.task  # noqa: F401  (the import that flips the global)
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(good, quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(ImagePoolError, match="cannot decode image"):
+        load_image(cut)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True     # restored for lmms-eval's own use
+    assert load_image(good).size == (64, 64)

@@ -7,6 +7,7 @@ manifest hash saw the same data. Files that cannot be read are listed, never sil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
@@ -196,13 +197,25 @@ def manifest_from_config(data: DataConfig, seed: int) -> PoolManifest | None:
     return None
 
 
+@contextlib.contextmanager
+def _strict_decoding():
+    """Truncated files must fail: lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES=True on
+    import, which would otherwise let a cut-off image train silently in a worker that evaluates too."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def load_image(path: Path | str) -> Image.Image:
     """Decode one pool image as RGB; ImagePoolError naming the file if it cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise ImagePoolError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im, _strict_decoding():
             im.load()
             # Phone photos store their rotation in EXIF; the model should see them upright.
             im = ImageOps.exif_transpose(im)
