@@ -41,14 +41,12 @@ loaded and concurrent processes build once.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,6 +60,7 @@ from transformers import (
 
 from ireasoner_core.config import EMBEDDED_MODEL, ModelConfig
 from ireasoner_core.embedded.build import BUILD_FILE, build_embedded, build_version
+from ireasoner_core.locks import file_lock
 
 CACHE_ENV = "IREASONER_EMBEDDED_CACHE"
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
@@ -96,15 +95,6 @@ def is_complete_build(path: Path) -> bool:
     return (Path(path) / BUILD_FILE).is_file()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # flock is released by the kernel if the holder dies, so a crashed build never wedges others.
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def ensure_embedded_model(cache_dir: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
@@ -116,7 +106,7 @@ def ensure_embedded_model(cache_dir: Path | None = None, *, force: bool = False,
     final = root / version
     if not force and is_complete_build(final):
         return final
-    with _file_lock(root / f".{version}.lock"):
+    with file_lock(root / f".{version}.lock"):
         # Another process may have finished the build while this one waited for the lock.
         if not force and is_complete_build(final):
             return final

@@ -27,8 +27,6 @@ One question per image keeps the items independent, which the paired bootstrap a
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -47,6 +45,7 @@ from ..data.synthetic import (
     TOP_PREDATORS,
     make_item,
 )
+from ..locks import file_lock
 
 MINI_SEED = 20_260_105
 MINI_SIZE = 200
@@ -148,14 +147,6 @@ BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
 # ----------------------------------------------------------------------------- build and cache
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def mini_dataset_dir(task: str, *, n: int | None = None, seed: int = MINI_SEED,
@@ -192,7 +183,7 @@ def ensure_mini_dataset(task: str, *, n: int | None = None, seed: int = MINI_SEE
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     # Several processes of one `accelerate launch` load the task at once; one builds.
-    with _file_lock(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if (final / COMPLETE_FILE).is_file():
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
