@@ -143,7 +143,6 @@ class CheckpointConfig(_Section):
     every: int = Field(50, gt=0, description="Save a checkpoint every this many iterations (and at the end).")
     keep_last: int = Field(2, gt=0, description="Complete checkpoints kept on disk.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint in output_dir.")
-    save_adapters_only_at_end: bool = False
 
 
 class PerfConfig(_Section):

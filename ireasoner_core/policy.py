@@ -18,7 +18,7 @@ i.e. the frozen initial policy of both roles. Everything on the hot path is batc
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,6 @@ class ImageInputs:
 
     pixel_values: list[torch.Tensor]
     image_grid_thw: list[torch.Tensor]
-    features: list[torch.Tensor] = field(default_factory=list)
 
 
 class Policy:
@@ -259,10 +258,10 @@ class Policy:
         h = self._hidden(batch, features)
         tokens = batch.sequences[:, batch.prompt_len:]
         lm_head = self.backbone.lm_head
+        fn = _exact_chunk if kl_estimator == "exact" else _sampled_chunk
         logps, kls = [], []
         for s in range(0, tokens.shape[1], chunk_tokens):
             sl = slice(s, s + chunk_tokens)
-            fn = _exact_chunk if kl_estimator == "exact" else _sampled_chunk
             if torch.is_grad_enabled():
                 lp, kl = checkpoint(fn, lm_head, h[:, sl], ref_h[:, sl], tokens[:, sl], use_reentrant=False)
             else:
