@@ -2,7 +2,8 @@
 # Images of the production topology (docker-compose.yml), built from the locked dependency set
 # (requirements.lock), so a worker runs exactly what CI tested.
 #   target "server": Prefect server and MLflow tracking server (no torch), with the PostgreSQL
-#                    drivers both need (asyncpg for Prefect, psycopg2 for MLflow).
+#                    drivers both need: asyncpg for Prefect, psycopg 3 for MLflow (SQLAlchemy 2.x
+#                    maps postgresql:// to psycopg 3; psycopg2 alone fails "No module named 'psycopg'").
 #   target "worker": this project with every locked dependency (torch wheels bundle CUDA; the
 #                    node needs only the NVIDIA driver and container toolkit), running flow runs.
 FROM python:3.11-slim AS base
@@ -13,7 +14,8 @@ COPY requirements.lock ./
 
 FROM base AS server
 # -c: every package the lock knows is installed at the locked version.
-RUN uv pip install --system -c requirements.lock prefect mlflow asyncpg "psycopg2-binary==2.9.13"
+# tests/test_compose_postgres.py runs both servers from the same lock against a real PostgreSQL.
+RUN uv pip install --system -c requirements.lock prefect mlflow asyncpg "psycopg[binary]"
 EXPOSE 4200 5000
 
 FROM base AS worker
