@@ -39,14 +39,20 @@ MAX_BATCH = 1000
 
 
 def record_to_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """Numeric signals of one metrics.jsonl record as ``train/<key>`` MLflow metric values."""
+    """Numeric signals of one metrics.jsonl record as ``train/<key>`` MLflow metric values.
+
+    A signal that was not measured at this iteration (None in the JSONL, NaN in the trainer's
+    in-process record: e.g. the Proposer's loss on iterations without a Proposer update) is no
+    point at all: MLflow's stores would keep NaN as 0.0, and a run resumed from its JSONL would
+    have fewer points than one logged in-process.
+    """
     out: dict[str, float] = {}
     for key, value in record.items():
         if key in NON_METRIC_KEYS or value is None:
             continue
         if isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         out[metric_name(TRAIN_PREFIX + key)] = float(value)
     return out
@@ -130,6 +136,25 @@ class MlflowTrainLogger(TrainerCallback):
         self.logged_records += self._pending_records
         self._pending_records = 0
         self._last_flush = time.monotonic()
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, log: Any = None) -> Any:
+    """CPU, memory, disk, network (and GPU where present) sampled into ``system/*`` metrics of the run.
+
+    The monitor is given the sweep's tracking URI: left to itself it asks the fluent API, which
+    falls back to ./mlflow.db of the worker's working directory, not the store the run lives in.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=float(os.environ.get(
+            "IREASONER_SYSTEM_METRICS_INTERVAL", "5")), resume_logging=True, tracking_uri=tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as err:  # noqa: BLE001 - psutil missing or a monitor failing must not stop training
+        if log is not None:
+            log.warning("system metrics disabled: %s", err)
+        return None
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from prefect.concurrency.sync import concurrency
 
 from tasks.conventions import ARTIFACT_ADAPTERS, ARTIFACT_CONFIG, ARTIFACT_METRICS_JSONL
 from tasks.runs import log_artifact_dir, register_solver
-from tasks.tracking import JsonlFollower, MlflowTrainLogger
+from tasks.tracking import JsonlFollower, MlflowTrainLogger, start_system_metrics
 
 TRAINING_LIMIT = "ireasoner-training"
 LAUNCH_CONFIG = "launch-config.yaml"  # the config handed to the subprocess (the trainer writes config.yaml)
@@ -83,20 +83,6 @@ def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: P
         raise RuntimeError(f"training subprocess exited with code {proc.returncode}; last output:\n{last}")
 
 
-def _system_metrics(run_id: str):
-    """CPU, memory, disk, network (and GPU where present) sampled into system/* metrics of the run."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=float(os.environ.get(
-            "IREASONER_SYSTEM_METRICS_INTERVAL", "5")), resume_logging=True)
-        monitor.start()
-        return monitor
-    except Exception as err:  # noqa: BLE001 - psutil missing or a monitor failing must not stop training
-        get_run_logger().warning("system metrics disabled: %s", err)
-        return None
-
-
 @task(name="train-variant", task_run_name="train-{plan.key}", retries=2, retry_delay_seconds=10)
 def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "auto", devices: int = 1,
                   cpu: bool = False, data_hash: str = "") -> dict[str, Any]:
@@ -110,7 +96,7 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
     out.mkdir(parents=True, exist_ok=True)
     mlflow_logger = MlflowTrainLogger(run_id, client=client, logger=log)
     with concurrency(TRAINING_LIMIT, occupy=1):
-        monitor = _system_metrics(run_id)
+        monitor = start_system_metrics(run_id, tracking_uri, log)
         started = time.monotonic()
         try:
             if _use_subprocess(launcher, devices):

@@ -36,6 +36,35 @@ def test_record_to_metrics_keeps_numbers_drops_text_and_step():
                  "train/group_size": 3.0, "train/weird_name": 1.5}
 
 
+def test_unmeasured_proposer_signals_are_no_points_in_process_or_after_resume(client, tmp_path):
+    """Iterations without a Proposer update: NaN in the trainer's record, null in metrics.jsonl."""
+    def rec(it: int, updated: bool, nan) -> dict:
+        v = 0.25 * it if updated else nan
+        return {"iteration": it, "loss_proposer": v, "grad_norm_proposer": v, "kl_proposer": v,
+                "lambda": 0.1 * it, "proposer_updated": updated}
+
+    updates = {1: False, 2: True, 3: False, 4: True}
+    assert record_to_metrics(rec(1, False, float("nan"))) == {"train/lambda": pytest.approx(0.1),
+                                                              "train/proposer_updated": 0.0}
+    exp = client.create_experiment("t")
+    live = client.create_run(exp).info.run_id
+    log = MlflowTrainLogger(live, client=client, flush_every=1)
+    for it, up in updates.items():   # in-process: the trainer's own records
+        log.on_iteration(rec(it, up, float("nan")))
+    # Resumed at 4 from another attempt's checkpoint: the history comes back from the JSONL (null).
+    jsonl = tmp_path / "run" / "metrics.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text("".join(json.dumps(rec(it, up, None)) + "\n" for it, up in updates.items()))
+    resumed = client.create_run(exp).info.run_id
+    log2 = MlflowTrainLogger(resumed, client=client)
+    log2.backfill(jsonl, up_to=4)
+    for run_id in (live, resumed):
+        for key in ("loss_proposer", "grad_norm_proposer", "kl_proposer"):
+            hist = client.get_metric_history(run_id, f"train/{key}")
+            assert sorted((m.step, m.value) for m in hist) == [(2, 0.5), (4, 1.0)], (run_id, key)
+        assert len(client.get_metric_history(run_id, "train/lambda")) == 4
+
+
 def test_logger_batches_and_skips_steps_already_logged(client):
     exp = client.create_experiment("t")
     run_id = client.create_run(exp).info.run_id
