@@ -9,8 +9,10 @@ Order of work, and why:
    (parallel creators race).
 2. The pool is sampled once (cached on disk by a hash of sources, size and seed); its manifest
    hash is the data identity of every child run.
-3. Variants whose child run already finished with the same config, data and code hashes are
-   skipped (``force=True`` retrains them from scratch); the others run concurrently as Prefect
+3. Variants whose child run already finished with the same config, data and code hashes, and
+   has scores for every benchmark of this spec on as many items, are skipped and their run is
+   re-used in this sweep's tables (``force=True`` retrains them from scratch); a finished variant
+   lacking some scores runs again, resuming from its final checkpoint, and is evaluated; the others run concurrently as Prefect
    tasks (``dispatch='local'``) or as flow runs of ``ireasoner-variant/variant`` that any worker
    of the pool picks up (``dispatch='workers'``). A failed variant does not stop the others.
 4. The table (one row per variant × seed) goes to the parent run and to Prefect artifacts;
@@ -46,15 +48,18 @@ from tasks.conventions import (
     TAG_FAILED_VARIANTS,
     TAG_FLOW_RUN_ID,
     TAG_FLOW_RUN_URL,
+    TAG_REUSED_RUNS,
     TAG_SOURCE_HASH,
 )
 from tasks.pool import sample_image_pool
 from tasks.provenance import code_hash, lock_hash, source_hash
 from tasks.results import log_results_table, make_row, publish_prefect_artifacts
 from tasks.runs import (
+    TAG_EVAL_LIMIT,
     create_child_run,
     create_parent_run,
     ensure_experiment,
+    eval_limit_tag,
     find_finished_variant,
     finish_run,
     provenance_tags,
@@ -108,9 +113,11 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
             from tasks.evaluate import evaluate_variant
 
             with concurrency(TRAINING_LIMIT, occupy=1):  # evaluation holds the GPUs as training does
-                scores = evaluate_variant(plan.model, adapter, list(evaluation.tasks),
-                                          str(Path(plan.output_dir) / "eval"), run_id, limit=evaluation.limit,
-                                          tracking_uri=tracking)
+                scores = evaluate_variant.with_options(task_run_name=f"evaluate-{plan.key}")(
+                    plan.model, adapter, list(evaluation.tasks), str(Path(plan.output_dir) / "eval"), run_id,
+                    limit=evaluation.limit, tracking_uri=tracking)
+            # What a later sweep's re-use matches on: scores on this many items per benchmark.
+            client.set_tag(run_id, TAG_EVAL_LIMIT, eval_limit_tag(evaluation.limit))
         else:
             log.info("%s: %s, so it has no benchmark scores", plan.key, NO_EVALUATION)
             client.set_tag(run_id, "ireasoner.evaluation", NO_EVALUATION)
@@ -163,10 +170,30 @@ def _flow_run_url() -> str:
     return url
 
 
+def with_changes(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentSpec:
+    """The spec with ``changes`` merged in: mappings merge key by key, anything else replaces."""
+    def merge(base: Any, change: Any) -> Any:
+        if isinstance(base, dict) and isinstance(change, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in change.items()}}
+        return change
+
+    unknown = sorted(set(changes) - set(ExperimentSpec.model_fields))
+    if unknown:
+        raise ValueError(f"changes: unknown spec fields {unknown}; known: {', '.join(ExperimentSpec.model_fields)}")
+    return ExperimentSpec.model_validate(merge(spec.model_dump(mode="json"), changes))
+
+
 @flow(name="ireasoner", log_prints=True)
-def ireasoner(spec: ExperimentSpec, force: bool = False) -> dict[str, Any]:
-    """Run a sweep: pool, then every variant × seed of the spec, then the results table."""
+def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a sweep: pool, then every variant × seed of the spec, then the results table.
+
+    ``changes`` edits a deployment's preset without restating it: `prefect deployment run
+    ireasoner/ablations --params '{"changes": {"iterations": 2}}'` keeps the rest of its spec
+    (``--params '{"spec": ...}'`` replaces the whole spec: Prefect merges parameters at the top level).
+    """
     log = get_run_logger()
+    if changes:
+        spec = with_changes(spec, changes)
     uri = tracking_uri()
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, EXPERIMENT)
@@ -227,12 +254,15 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
     source = tags[TAG_SOURCE_HASH]
     eval_tasks = list(spec.evaluation.tasks)
     rows: dict[str, dict[str, Any]] = {}
+    reused: dict[str, str] = {}
     submitted = []
     runner = run_variant if spec.resources.dispatch == "local" else dispatch_variant
     for plan in plans:
         done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
-                                                       plan.config_hash, data_hash, source)
+                                                       plan.config_hash, data_hash, source, eval_tasks,
+                                                       spec.evaluation.limit)
         if done is not None:
+            reused[plan.key] = done.info.run_id
             o = _outcome_from_run(done, eval_tasks)
             rows[plan.key] = make_row(plan.variant, plan.seed, "skipped", done.info.run_id,
                                       run_url(uri, experiment_id, done.info.run_id), o["iterations"],
@@ -251,6 +281,9 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
                                  tags, params)
         future = runner.submit(plan, child, uri, spec.resources, spec.evaluation, data_hash)
         submitted.append((plan, child, future))
+    # The report of this sweep reads its child runs and these re-used runs (of earlier sweeps): every
+    # variant of the spec has its row in tables 1-3.
+    client.set_tag(parent, TAG_REUSED_RUNS, json.dumps(reused))
     failures: dict[str, str] = {}
     for plan, child, future in submitted:
         future.wait()

@@ -27,6 +27,7 @@ TAG_STATUS = "ireasoner.status"             # "finished" | "failed" | "skipped"
 TAG_FLOW_RUN_ID = "prefect.flow_run_id"
 TAG_FLOW_RUN_URL = "prefect.flow_run_url"
 TAG_FAILED_VARIANTS = "ireasoner.failed_variants"
+TAG_REUSED_RUNS = "ireasoner.reused_runs"   # on a sweep run: JSON {plan key: run id} of finished runs it re-used
 
 BASELINE = "baseline"
 

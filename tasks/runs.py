@@ -9,6 +9,7 @@ and an artifact folder in the repository, so the embedded default needs no serve
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,18 +105,40 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
         client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
 
+TAG_EVAL_LIMIT = "ireasoner.eval_limit"     # evaluation.limit the run's eval/<task> scores were measured with
+ALL_ITEMS = "all"
+
+
+def eval_limit_tag(limit: int | None) -> str:
+    return ALL_ITEMS if limit is None else str(limit)
+
+
 def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str, seed: int,
-                          config_hash: str, data_hash: str, source_hash: str) -> Any | None:
-    """The newest child run that finished with the same variant, seed, config, data and source: a skip."""
+                          config_hash: str, data_hash: str, source_hash: str,
+                          eval_tasks: Sequence[str] = (), eval_limit: int | None = None) -> Any | None:
+    """The newest child run that finished with the same variant, seed, config, data and source, and
+    that has a score for every benchmark the new sweep asks for, measured on as many items: a skip.
+
+    A run trained by a sweep without evaluation (or with other benchmarks, or a smaller limit) is
+    not re-used: the variant runs again, resuming from its finished checkpoint, and is evaluated.
+    """
+    from tasks.conventions import EVAL_PREFIX, metric_name
+
     def q(v: str) -> str:
         return v.replace("'", "\\'")
     flt = (f"tags.`{TAG_KIND}` = '{KIND_VARIANT}' and tags.`{TAG_VARIANT}` = '{q(variant)}' "
            f"and tags.`{TAG_SEED}` = '{seed}' and tags.`{TAG_CONFIG_HASH}` = '{q(config_hash)}' "
            f"and tags.`{TAG_DATA_HASH}` = '{q(data_hash)}' and tags.`{TAG_SOURCE_HASH}` = '{q(source_hash)}' "
            f"and tags.`{TAG_STATUS}` = 'finished' and attributes.status = 'FINISHED'")
+    if eval_tasks:
+        flt += f" and tags.`{TAG_EVAL_LIMIT}` = '{eval_limit_tag(eval_limit)}'"
     runs = client.search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    return runs[0] if runs else None
+                              max_results=100)
+    wanted = {metric_name(EVAL_PREFIX + t) for t in eval_tasks}
+    for run in runs:
+        if wanted <= set(run.data.metrics):
+            return run
+    return None
 
 
 def finish_run(client: MlflowClient, run_id: str, ok: bool, status_tag: str, error: str | None = None) -> None:
