@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
@@ -27,7 +29,7 @@ from ireasoner_core.reports.figures import (
     training_figures,
     usable_diagnostics,
 )
-from ireasoner_core.reports.tables import Table, VariantRun, paper_tables
+from ireasoner_core.reports.tables import AVERAGE, Cell, Table, VariantRun, paper_tables
 from tasks.conventions import (
     EVAL_PREFIX,
     EVAL_SAMPLES_DIR,
@@ -36,10 +38,12 @@ from tasks.conventions import (
     KIND_SWEEP,
     KIND_VARIANT,
     TAG_KIND,
+    TAG_REUSED_RUNS,
     TAG_SEED,
     TAG_STATUS,
     TAG_VARIANT,
     TRAIN_PREFIX,
+    metric_name,
 )
 from tasks.runs import tracking_uri as default_tracking_uri
 
@@ -71,7 +75,11 @@ class ReportResult(BaseModel):
 
 def select_runs(client: MlflowClient, experiment: str, parent_run_id: str | None,
                 all_runs: bool = False) -> tuple[str | None, list[Run]]:
-    """(parent run id, its variant runs): the given parent, else the newest sweep, else every variant run."""
+    """(parent run id, its variant runs): the given parent, else the newest sweep, else every variant run.
+
+    A sweep's variant runs are its child runs plus the finished runs of earlier sweeps it re-used
+    (tag ``ireasoner.reused_runs``), so a skipped variant keeps its row.
+    """
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ReportError(f"experiment {experiment!r} not found in the MLflow store {client.tracking_uri}")
@@ -81,11 +89,35 @@ def select_runs(client: MlflowClient, experiment: str, parent_run_id: str | None
                                     order_by=["attributes.start_time DESC"], max_results=1)
         parent_run_id = sweeps[0].info.run_id if sweeps else None
     if parent_run_id is not None and not all_runs:
-        client.get_run(parent_run_id)   # a wrong id fails here, naming it
+        parent = client.get_run(parent_run_id)   # a wrong id fails here, naming it
         runs = client.search_runs(ids, filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
+        runs += [client.get_run(r) for r in json.loads(parent.data.tags.get(TAG_REUSED_RUNS, "{}")).values()]
     else:
         runs = client.search_runs(ids, filter_string=f"tags.`{TAG_KIND}` = '{KIND_VARIANT}'", max_results=10_000)
     return parent_run_id, [r for r in runs if TAG_VARIANT in r.data.tags]
+
+
+def sweep_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    """Every sweep (parent) run of the experiment, oldest first."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReportError(f"experiment {experiment!r} not found in the MLflow store {client.tracking_uri}")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}'",
+                              order_by=["attributes.start_time ASC"], max_results=10_000)
+
+
+def resolve_sweep(client: MlflowClient, experiment: str, ref: str) -> Run:
+    """A sweep named by its parent run id, or by its name (the newest sweep of that name)."""
+    sweeps = sweep_runs(client, experiment)
+    for s in sweeps:
+        if s.info.run_id == ref:
+            return s
+    named = [s for s in sweeps if s.info.run_name == ref]
+    if not named:
+        known = sorted({s.info.run_name for s in sweeps})
+        raise ReportError(f"--compare {ref!r}: no sweep run with that id or name in experiment {experiment!r} "
+                          f"(sweeps: {', '.join(known) or 'none'})")
+    return named[-1]
 
 
 def _artifact_names(client: MlflowClient, run_id: str, path: str) -> set[str]:
@@ -150,6 +182,9 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
     """Tables 1-3 (Markdown + CSV), figures 3/5/6/7 (PNG), and their MLflow copies on the parent run."""
     client = MlflowClient(tracking_uri)
     out_dir = Path(out_dir)
+    if all_runs:
+        return _report_every_sweep(client, experiment, out_dir, log_to_mlflow=log_to_mlflow,
+                                   reference_rows=reference_rows, n_resamples=n_resamples)
     parent_run_id, runs = select_runs(client, experiment, parent_run_id, all_runs)
     result = ReportResult(out_dir=out_dir, parent_run_id=parent_run_id)
     variant_runs: list[VariantRun] = []
@@ -193,12 +228,122 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
             columns = list(cells[0])
             client.log_table(parent_run_id, data={c: [rec[c] for rec in cells] for c in columns},
                              artifact_file=REPORT_TABLE)
+            log_cell_metrics(client, parent_run_id, tables)
         client.log_artifact(parent_run_id, str(result.report_path), REPORT_DIR)
         if (out_dir / "tables").is_dir():
             client.log_artifacts(parent_run_id, str(out_dir / "tables"), REPORT_DIR)
         if (out_dir / FIGURES_DIR).is_dir():
             client.log_artifacts(parent_run_id, str(out_dir / FIGURES_DIR), FIGURES_DIR)
         result.logged_to_mlflow = True
+    return result
+
+
+def cell_metric_key(table: str, method: str, benchmark: str) -> str:
+    """The MLflow metric of one table cell: the same key on every sweep run, so compare-runs lines sweeps up."""
+    return metric_name(f"{table}/{method}/{benchmark}")
+
+
+def log_cell_metrics(client: MlflowClient, run_id: str, tables: list[Table]) -> None:
+    """Every measured cell as ``<table>/<method>/<benchmark>`` (mean) and ``.../delta`` metrics of the sweep run."""
+    now = int(time.time() * 1000)
+    metrics = []
+    for t in tables:
+        for c in t.cells:
+            if c.reference or c.mean is None:
+                continue
+            key = cell_metric_key(t.name, c.method, c.benchmark)
+            metrics.append(Metric(key, float(c.mean), now, 0))
+            if c.delta is not None:
+                metrics.append(Metric(f"{key}/delta", float(c.delta), now, 0))
+    for i in range(0, len(metrics), 1000):   # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i:i + 1000], synchronous=True)
+
+
+def _sweep_label(run: Run, all_sweeps: list[Run]) -> str:
+    """The sweep's name, with its run id's start when several sweeps share that name."""
+    name = run.info.run_name or run.info.run_id[:8]
+    if sum(s.info.run_name == run.info.run_name for s in all_sweeps) > 1:
+        name = f"{name}@{run.info.run_id[:8]}"
+    return name
+
+
+def _variant_runs(client: MlflowClient, runs: list[Run], scratch: Path) -> list[VariantRun]:
+    out = []
+    for run in runs:
+        if run.data.tags.get(TAG_STATUS) in EXCLUDED_STATUS:
+            continue
+        vr = read_variant_run(client, run, scratch / run.info.run_id)
+        if vr.scores:
+            out.append(vr)
+    return out
+
+
+def _report_every_sweep(client: MlflowClient, experiment: str, out_dir: Path, **kw) -> ReportResult:
+    """``--all-runs``: one report per sweep (runs of different sweeps are never pooled as seeds)."""
+    sweeps = sweep_runs(client, experiment)
+    result = ReportResult(out_dir=out_dir)
+    sections = ["# iReasoner report: every sweep", ""]
+    for s in sweeps:
+        label = _sweep_label(s, sweeps)
+        sub = out_dir / re.sub(r"[^A-Za-z0-9_.@-]+", "_", label)
+        try:
+            r = build_report(experiment, client.tracking_uri, sub, s.info.run_id, **kw)
+        except ReportError as err:
+            result.notes.append(f"sweep {label}: {err}")
+            continue
+        result.tables.update({f"{label}/{k}": v for k, v in r.tables.items()})
+        result.figures += r.figures
+        result.runs_used += r.runs_used
+        result.runs_excluded.update(r.runs_excluded)
+        result.logged_to_mlflow |= r.logged_to_mlflow
+        sections += [f"## Sweep {label} (run {s.info.run_id})", "",
+                     r.report_path.read_text().replace("# iReasoner report", "", 1).strip(), ""]
+    if not result.runs_used:
+        raise ReportError(f"experiment {experiment!r}: no sweep has evaluated variant runs to report"
+                          + "".join(f"; {n}" for n in result.notes))
+    sections += [f"- {n}" for n in result.notes]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.report_path = out_dir / "report.md"
+    result.report_path.write_text("\n".join(sections))
+    return result
+
+
+def compare_sweeps(experiment: str, tracking_uri: str | None, sweeps: Sequence[str], out_dir: Path | str,
+                   n_resamples: int = 10_000) -> ReportResult:
+    """Tables 1-3 across sweeps: one row per sweep × method, the same benchmark columns (``--compare``)."""
+    client = MlflowClient(tracking_uri)
+    out_dir = Path(out_dir)
+    every = sweep_runs(client, experiment)
+    chosen = [resolve_sweep(client, experiment, ref) for ref in sweeps]
+    result = ReportResult(out_dir=out_dir)
+    merged: dict[str, tuple[str, list[str], list[str], list[Cell]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ireasoner-compare-") as scratch:
+        for s in chosen:
+            label = _sweep_label(s, every)
+            _, runs = select_runs(client, experiment, s.info.run_id)
+            vruns = _variant_runs(client, runs, Path(scratch))
+            if not vruns:
+                result.notes.append(f"sweep {label}: no evaluated variant run")
+                continue
+            result.runs_used += [v.run_id for v in vruns]
+            for t in paper_tables(vruns, reference_rows=False, n_resamples=n_resamples):
+                title, methods, benchmarks, cells = merged.setdefault(t.name, (t.title, [], [], []))
+                methods += [f"{label}/{m}" for m in t.methods]
+                benchmarks += [b for b in t.benchmarks if b not in benchmarks and b != AVERAGE]
+                cells += [c.model_copy(update={"method": f"{label}/{c.method}",
+                                               "method_label": f"{label}: {c.method_label}"}) for c in t.cells]
+    if not merged:
+        raise ReportError(f"--compare {' '.join(sweeps)}: no chosen sweep has evaluated variant runs")
+    tables = []
+    for name, (title, methods, benchmarks, cells) in merged.items():
+        tables.append(Table(name=name, title=f"{title} (sweeps {', '.join(_sweep_label(s, every) for s in chosen)})",
+                            methods=methods, benchmarks=[*benchmarks, AVERAGE], cells=cells,
+                            notes=["rows are <sweep>/<method>; ranks are within each sweep; a blank cell: that "
+                                   "sweep did not evaluate the benchmark"]))
+    for t in tables:
+        result.tables[t.name] = list(t.write(out_dir / "tables"))
+    result.report_path = out_dir / "report.md"
+    result.report_path.write_text(_report_markdown(tables, [], out_dir, {}, result.notes))
     return result
 
 
@@ -211,7 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the flow's store, <repo>/mlflow.db)")
     parser.add_argument("--parent-run-id", default=None, help="the sweep run to report (default: the newest)")
     parser.add_argument("--all-runs", action="store_true",
-                        help="pool every variant run of the experiment instead of one sweep")
+                        help="report every sweep of the experiment, each on its own (sweeps are never pooled)")
+    parser.add_argument("--compare", nargs="+", metavar="SWEEP", default=None,
+                        help="one table 1/2/3 across these sweeps (sweep run ids or names; a name means its "
+                             "newest run): rows are <sweep>/<method>")
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default reports/<experiment>)")
     parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
     parser.add_argument("--no-paper-rows", action="store_true", help="leave out the paper's reference rows")
@@ -221,9 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The same store the flow writes to when nothing is configured.
     uri = args.tracking_uri or default_tracking_uri()
     try:
-        res = build_report(args.experiment, uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
-                           log_to_mlflow=not args.no_log, reference_rows=not args.no_paper_rows,
-                           n_resamples=args.resamples)
+        if args.compare:
+            res = compare_sweeps(args.experiment, uri, args.compare, out_dir, n_resamples=args.resamples)
+        else:
+            res = build_report(args.experiment, uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
+                               log_to_mlflow=not args.no_log, reference_rows=not args.no_paper_rows,
+                               n_resamples=args.resamples)
     except ReportError as err:
         print(f"ireasoner report: {err}", file=sys.stderr)
         return 2
