@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m flows.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("preset", choices=sorted(PRESETS))
+    p.add_argument("preset", choices=sorted(PRESETS), help="which preset (deployment) to run")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="Change a spec field, e.g. iterations=4, resources.retries=0, variants='[full]' (YAML values).")
     p.add_argument("--force", action="store_true", help="Retrain variants that already finished.")

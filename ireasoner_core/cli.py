@@ -4,7 +4,7 @@
     accelerate launch --multi_gpu --num_processes 2 -m ireasoner_core.cli train --config configs/tiny.yaml  # CPU: gloo
     ireasoner build-embedded              # build (once) and cache the embedded tiny Qwen2.5-VL
     ireasoner make-images DIR -n 200      # synthetic unlabeled images with ground truth on the side
-    ireasoner report --experiment ireasoner   # tables and figures from MLflow (needs the tracking extras)
+    ireasoner report --experiment ireasoner   # tables and figures from MLflow (ireasoner report --help)
 """
 
 from __future__ import annotations
@@ -84,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--output-dir", help="shortcut for --set checkpoint.output_dir=...")
     t.set_defaults(fn=cmd_train)
     b = sub.add_parser("build-embedded", help="build and cache the embedded tiny Qwen2.5-VL")
-    b.add_argument("--cache-dir")
-    b.add_argument("--force", action="store_true")
+    b.add_argument("--cache-dir", help="where to cache the model (default ~/.cache/ireasoner/embedded)")
+    b.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
     b.set_defaults(fn=cmd_build_embedded)
     m = sub.add_parser("make-images", help="write synthetic unlabeled images (ground truth on the side)")
-    m.add_argument("out_dir")
-    m.add_argument("-n", type=int, default=200)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("out_dir", help="folder to write the images to")
+    m.add_argument("-n", type=int, default=200, help="number of images (default 200)")
+    m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.set_defaults(fn=cmd_make_images)
     sub.add_parser("report", help="tables 1-3 and figures from MLflow (see: ireasoner report --help)")
     args = p.parse_args(argv)
