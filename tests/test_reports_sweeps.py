@@ -37,6 +37,8 @@ from tasks.reporting import build_report, cell_metric_key, main
 
 A = "ireasoner_chartqa_mini"
 # sweep -> variant -> per-item 0/100 scores on A (sweep "wide" on 5 items, "narrow" on 4)
+pytestmark = pytest.mark.slow  # ~1 min on a loaded 2-core machine (MLflow store per test)
+
 SWEEPS = {
     "wide": {"baseline": [0, 0, 100, 0, 0], "full": [100, 100, 100, 0, 100]},
     "narrow": {"baseline": [100, 0, 0, 0], "full": [100, 0, 0, 100]},
