@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +132,6 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
 def ireasoner_variant(plan: VariantPlan, run_id: str, tracking: str, resources: ResourcesSpec,
                       evaluation: EvaluationSpec, data_hash: str) -> dict[str, Any]:
     """One variant × seed as its own flow run, for ``dispatch='workers'`` (any worker of the pool runs it)."""
-    quiet_progress_bars()
     return run_variant(plan, run_id, tracking, resources, evaluation, data_hash)
 
 
@@ -173,23 +170,6 @@ def _flow_run_url() -> str:
     return url
 
 
-# A progress bar redrawn many times a second becomes thousands of lines in a worker's log
-# (no terminal there): tqdm (lmms-eval, datasets) and transformers/huggingface_hub bars are off
-# in flow runs; the trainer logs one line per iteration instead.
-QUIET_PROGRESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-
-
-def quiet_progress_bars() -> None:
-    """Switch progress bars off for this flow run and the processes it starts (an explicit setting wins)."""
-    for k, v in QUIET_PROGRESS_ENV.items():
-        os.environ.setdefault(k, v)
-    if "transformers" in sys.modules:  # read at its import; tell it directly if already imported
-        from transformers.utils import logging as hf_logging
-
-        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
-            hf_logging.disable_progress_bar()
-
-
 def with_changes(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentSpec:
     """The spec with ``changes`` merged in: mappings merge key by key, anything else replaces."""
     def merge(base: Any, change: Any) -> Any:
@@ -212,7 +192,6 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
     (``--params '{"spec": ...}'`` replaces the whole spec: Prefect merges parameters at the top level).
     """
     log = get_run_logger()
-    quiet_progress_bars()
     if changes:
         spec = with_changes(spec, changes)
     uri = tracking_uri()
