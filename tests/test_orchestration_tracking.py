@@ -136,3 +136,31 @@ def test_skip_lookup_needs_every_requested_benchmark_on_as_many_items(client):
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2).info.run_id == evaluated
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], None) is None  # all items
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini"], 2) is None
+
+
+def test_system_metrics_go_to_the_sweeps_store_not_the_working_directory(tmp_path, monkeypatch):
+    """With the default SQLite store and no MLFLOW_TRACKING_URI (the README set-up), the monitor
+    used to write to ./mlflow.db of the worker's working directory: the run showed no system metrics."""
+    import time
+
+    from tasks.tracking import start_system_metrics
+
+    store = tmp_path / "store"
+    store.mkdir()
+    cwd = tmp_path / "worker-cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("IREASONER_SYSTEM_METRICS_INTERVAL", "0.2")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    monitor = start_system_metrics(run_id, uri)
+    assert monitor is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(k.startswith("system/") for k in client.get_run(run_id).data.metrics):
+        time.sleep(0.5)
+    monitor.finish()
+    keys = set(client.get_run(run_id).data.metrics)
+    assert any(k.startswith("system/cpu_utilization") for k in keys), keys
+    assert sorted(p.name for p in cwd.iterdir()) == []  # no stray store where the process runs
