@@ -11,10 +11,11 @@ Order of work, and why:
    hash is the data identity of every child run.
 3. Variants whose child run already finished with the same config, data and code hashes, and
    has scores for every benchmark of this spec on as many items, are skipped and their run is
-   re-used in this sweep's tables (``force=True`` retrains them from scratch); a finished variant
-   lacking some scores runs again, resuming from its final checkpoint, and is evaluated; the others run concurrently as Prefect
-   tasks (``dispatch='local'``) or as flow runs of ``ireasoner-variant/variant`` that any worker
-   of the pool picks up (``dispatch='workers'``). A failed variant does not stop the others.
+   re-used in this sweep's tables (``force=True`` retrains them from scratch); a finished
+   variant lacking some scores runs again, resuming from its final checkpoint, and is
+   evaluated. The others run concurrently as Prefect tasks (``dispatch='local'``) or as flow
+   runs of ``ireasoner-variant/variant`` that any worker of the pool picks up
+   (``dispatch='workers'``). A failed variant does not stop the others.
 4. The table (one row per variant × seed) goes to the parent run and to Prefect artifacts;
    the flow run fails at the end, naming the failed variants, if any failed.
 """
