@@ -30,12 +30,12 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import train
-
     overrides = _parse_sets(args.set)
     if args.output_dir:
         overrides["checkpoint.output_dir"] = args.output_dir
     cfg = load_config(args.config, overrides)
+    from .trainer import train  # after validation: importing torch takes seconds a bad config should not wait
+
     result = train(cfg)
     from accelerate import PartialState
 

@@ -44,6 +44,10 @@ class ModelConfig(_Section):
     )
 
 
+LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_PROJECTIONS = ("qkv", "proj")  # visual.blocks.*.attn; the visual MLP reuses the language names
+
+
 class LoRAConfig(_Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
@@ -57,6 +61,20 @@ class LoRAConfig(_Section):
         description="Also adapt matching modules of the vision tower. Off by default: SPEC.md trains the "
         "language model only (a bare name list would silently match the visual MLP).",
     )
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> "LoRAConfig":
+        # Checked here, not when peft wraps the model: a typo should fail in a second, not after a 7B load.
+        known = LANGUAGE_PROJECTIONS + (VISION_PROJECTIONS if self.train_vision else ())
+        if not self.target_modules:
+            raise ValueError("lora.target_modules: empty; name at least one of " + ", ".join(known))
+        unknown = [m for m in self.target_modules if m not in known]
+        if unknown:
+            hint = (f" ({', '.join(VISION_PROJECTIONS)} are vision-tower modules: set lora.train_vision=true)"
+                    if set(unknown) & set(VISION_PROJECTIONS) else "")
+            raise ValueError(f"lora.target_modules: {', '.join(map(repr, unknown))} is not a Qwen2.5-VL projection; "
+                             f"known: {', '.join(known)}{hint}")
+        return self
 
 
 class SamplingConfig(_Section):
@@ -278,6 +296,12 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
         raise ConfigError(f"invalid configuration ({source}):\n  ablation: unknown ablation {ablation!r}; "
                           f"known: {', '.join(ABLATIONS)}")
     for key, value in ABLATIONS[ablation].items():
+        # An explicit override the ablation would silently replace is an error, not a loss: which
+        # of the two the user meant cannot be guessed (no_warmup with lambda_end=0.3 is neither).
+        if key in (overrides or {}) and overrides[key] != value:
+            raise ConfigError(f"invalid configuration ({source}):\n  override {key}={overrides[key]!r} contradicts "
+                              f"ablation {ablation!r}, which sets {key}={value!r}; drop the override, or use "
+                              "ablation=full with the fields you want")
         _set_dotted(raw, key, value)
     try:
         return TrainConfig.model_validate(raw)

@@ -78,3 +78,39 @@ def test_the_qwen_config_requires_an_image_folder():
     with pytest.raises(ConfigError, match="data.image_dir"):
         load_config(repo / "configs" / "qwen2.5-vl-7b.yaml")
     assert load_config(repo / "configs" / "tiny.yaml").model.name_or_path == "embedded"
+
+
+def test_an_explicit_override_that_contradicts_the_ablation_is_an_error_naming_both():
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"ablation": "no_warmup", "rewards.lambda_end": 0.3})
+    msg = str(err.value)
+    assert "rewards.lambda_end=0.3" in msg and "no_warmup" in msg and "0.7" in msg
+    # Agreeing with the ablation, or touching a field it leaves alone, is fine.
+    assert build_config({}, {"ablation": "no_warmup", "rewards.lambda_end": 0.7}).rewards.lambda_end == 0.7
+    assert build_config({}, {"ablation": "no_warmup", "rewards.alpha": 0.4}).rewards.alpha == 0.4
+
+
+@pytest.mark.parametrize("modules, bad", [(["q_proj", "qproj"], "qproj"), ([], "empty"), (["qkv"], "qkv")])
+def test_unknown_lora_target_modules_fail_at_validation(modules, bad):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"lora.target_modules": modules})
+    assert "lora.target_modules" in str(err.value) and bad in str(err.value)
+
+
+def test_vision_projections_are_valid_targets_only_with_train_vision():
+    cfg = build_config({}, {"lora.target_modules": ["q_proj", "qkv"], "lora.train_vision": True})
+    assert cfg.lora.target_modules == ["q_proj", "qkv"]
+
+
+def test_a_bad_config_is_reported_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  num_rollouts: -5\n")
+    probe = ("import sys\nfrom ireasoner_core.cli import main\n"
+             f"rc = main(['train', '--config', {str(bad)!r}])\n"
+             "print('torch imported' if 'torch' in sys.modules else 'no torch', rc)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "no torch 2", r.stdout + r.stderr
+    assert "sampling.num_rollouts" in r.stderr and "-5" in r.stderr
