@@ -161,6 +161,9 @@ class CheckpointConfig(_Section):
     every: int = Field(50, gt=0, description="Save a checkpoint every this many iterations (and at the end).")
     keep_last: int = Field(2, gt=0, description="Complete checkpoints kept on disk.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint in output_dir.")
+    resume_changed_config: bool = Field(
+        False, description="Resume even if the config changed since the checkpoint (e.g. a larger "
+        "schedule.iterations); the run's history then mixes both configs.")
 
 
 class PerfConfig(_Section):
@@ -228,7 +231,8 @@ class TrainConfig(_Section):
         if d.manifest is not None and not Path(d.manifest).is_file():
             raise ValueError(f"data.manifest: file not found: {d.manifest}")
         if d.manifest is None and d.image_dir is not None and not Path(d.image_dir).is_dir():
-            raise ValueError(f"data.image_dir: folder not found: {d.image_dir}")
+            what = "is a file, not a folder" if Path(d.image_dir).exists() else "folder not found"
+            raise ValueError(f"data.image_dir: {what}: {d.image_dir}")
         if d.manifest is None and d.image_dir is None and self.model.name_or_path != EMBEDDED_MODEL:
             raise ValueError("data.image_dir: required unless model.name_or_path is 'embedded' (synthetic images)")
         if self.rewards.min_group > self.sampling.num_rollouts:

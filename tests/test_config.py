@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ireasoner_core.config import ABLATIONS, ConfigError, TrainConfig, apply_ablation, build_config, load_config
+from ireasoner_core.config import (
+    ABLATIONS,
+    ConfigError,
+    TrainConfig,
+    apply_ablation,
+    build_config,
+    load_config,
+)
 
 
 def test_defaults_are_specs():
@@ -111,6 +118,34 @@ def test_a_bad_config_is_reported_without_importing_torch(tmp_path):
     probe = ("import sys\nfrom ireasoner_core.cli import main\n"
              f"rc = main(['train', '--config', {str(bad)!r}])\n"
              "print('torch imported' if 'torch' in sys.modules else 'no torch', rc)")
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=300)
     assert r.stdout.strip() == "no torch 2", r.stdout + r.stderr
     assert "sampling.num_rollouts" in r.stderr and "-5" in r.stderr
+
+
+def test_an_image_folder_that_is_a_file_is_called_a_file(tmp_path):
+    f = tmp_path / "images.png"
+    f.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"data.image_dir: is a file, not a folder: {f}"):
+        build_config({}, {"data.image_dir": str(f)})
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing_model", "output_dir_is_a_file"])
+def test_train_cli_names_the_problem_without_a_traceback(case, tmp_path, capsys, embedded_model_dir):
+    from ireasoner_core.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    sets = {"empty_folder": ["data.image_dir=" + str(tmp_path / "empty")],
+            "missing_model": ["model.name_or_path=" + str(tmp_path / "no-model"), "data.image_dir=" + str(tmp_path)],
+            "output_dir_is_a_file": []}[case]
+    out = tmp_path / "a-file" if case == "output_dir_is_a_file" else tmp_path / "run"
+    argv = ["train", "--config", "configs/tiny.yaml", "--output-dir", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    expected = {"empty_folder": f"no readable images in {tmp_path / 'empty'}",
+                "missing_model": f"model.name_or_path: directory not found: {tmp_path / 'no-model'}",
+                "output_dir_is_a_file": f"checkpoint.output_dir {tmp_path / 'a-file'} is a file"}[case]
+    assert "error: " + expected in err and "Traceback" not in err, err
