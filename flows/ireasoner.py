@@ -62,6 +62,7 @@ from tasks.runs import (
     ensure_experiment,
     find_finished_variant,
     finish_run,
+    open_client,
     provenance_tags,
     run_url,
     tracking_uri,
@@ -175,7 +176,7 @@ def ireasoner(spec: ExperimentSpec, force: bool = False) -> dict[str, Any]:
     """Run a sweep: pool, then every variant × seed of the spec, then the results table."""
     log = get_run_logger()
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment_id = ensure_experiment(client, EXPERIMENT)
     # A flow of this machine that was killed left its slot taken, its runs RUNNING and its local
     # Prefect server alive; nobody else will ever release them.
