@@ -79,14 +79,15 @@ def _dead(entry: dict[str, Any]) -> bool:
 
 def release_slots_of_dead_processes(log: Any) -> int:
     """Give back the concurrency slots that processes of this machine held when they died."""
-    if not _ephemeral():
-        return 0  # a real server's Repossessor frees them when their lease expires
     from prefect.client.orchestration import get_client
 
     released = 0
     with file_lock(_ledger() / ".lock"):  # two reclaimers must not give back one slot twice
         for path, entry in _entries("slot"):
             if not _dead(entry):
+                continue
+            if not _ephemeral():  # a real server's Repossessor frees it when its lease expires
+                path.unlink(missing_ok=True)
                 continue
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots([entry["limit"]], int(entry["slots"]),
