@@ -97,8 +97,7 @@ def run_dir_lock(out: Path) -> Iterator[None]:
         raise RunDirError(f"checkpoint.output_dir {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    fh = open(path, "a+")
-    try:
+    with open(path, "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,8 +116,6 @@ def run_dir_lock(out: Path) -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()
 
 
 def _describe_holder(text: str) -> str:

@@ -215,9 +215,8 @@ def test_load_image_errors_name_the_file(tmp_path):
 
 def test_truncated_images_fail_even_after_lmms_eval_relaxes_pil(tmp_path):
     """lmms-eval sets PIL's global LOAD_TRUNCATED_IMAGES=True on import; pool loading stays strict."""
-    from PIL import Image, ImageFile
-
     import lmms_eval.api.task  # noqa: F401  (the import that flips the global)
+    from PIL import Image, ImageFile
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     good = tmp_path / "good.jpg"

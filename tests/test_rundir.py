@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from ireasoner_core.rundir import LOCK_FILE, ConfigChangedError, PoolChangedError, ProcessId, run_dir_lock
+from ireasoner_core.rundir import (
+    LOCK_FILE,
+    ConfigChangedError,
+    PoolChangedError,
+    ProcessId,
+    run_dir_lock,
+)
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -59,9 +65,8 @@ def test_the_lock_is_released_when_its_holder_dies_and_names_a_live_holder(tmp_p
     assert holder.stdout.readline().strip() == "held"
     from ireasoner_core.rundir import RunDirBusyError
 
-    with pytest.raises(RunDirBusyError, match=f"process {holder.pid} on "):
-        with run_dir_lock(out):
-            pass
+    with pytest.raises(RunDirBusyError, match=f"process {holder.pid} on "), run_dir_lock(out):
+        pass
     holder.kill()
     holder.wait()
     with run_dir_lock(out):  # the kernel dropped the dead holder's lock: no stale lock

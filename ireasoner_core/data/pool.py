@@ -91,7 +91,7 @@ def _candidate_files(folder: Path, include_subfolders: bool) -> tuple[list[Path]
                         take(p)
         else:
             take(entry)
-    ext = lambda ps: [p for p in ps if p.suffix.lower() in IMAGE_EXTENSIONS]  # noqa: E731
+    ext = lambda ps: [p for p in ps if p.suffix.lower() in IMAGE_EXTENSIONS]
     return ext(files), ext(broken)
 
 
