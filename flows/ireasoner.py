@@ -32,7 +32,6 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run as current_flow_run
 
 from flows.spec import (
@@ -52,6 +51,12 @@ from tasks.conventions import (
     TAG_REUSED_RUNS,
     TAG_SOURCE_HASH,
 )
+from tasks.liveness import (
+    TAG_PROCESS,
+    clean_up_after_dead_flows,
+    concurrency_slot,
+    process_tags,
+)
 from tasks.pool import sample_image_pool
 from tasks.provenance import code_hash, lock_hash, source_hash
 from tasks.results import log_results_table, make_row, publish_prefect_artifacts
@@ -63,6 +68,7 @@ from tasks.runs import (
     eval_limit_tag,
     find_finished_variant,
     finish_run,
+    open_client,
     provenance_tags,
     run_url,
     tracking_uri,
@@ -100,6 +106,7 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
     """Train (unless baseline) and evaluate one variant × seed into its MLflow child run."""
     log = get_run_logger()
     client = MlflowClient(tracking)
+    client.set_tag(run_id, TAG_PROCESS, process_tags()[TAG_PROCESS])  # who drives it, for a stale-run check
     try:
         trained: dict[str, Any] = {}
         adapter = None
@@ -113,7 +120,8 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
         if evaluation.tasks:
             from tasks.evaluate import evaluate_variant
 
-            with concurrency(TRAINING_LIMIT, occupy=1):  # evaluation holds the GPUs as training does
+            # evaluation holds the GPUs as training does
+            with concurrency_slot(TRAINING_LIMIT, f"evaluation of {plan.key}", log):
                 scores = evaluate_variant.with_options(task_run_name=f"evaluate-{plan.key}")(
                     plan.model, adapter, list(evaluation.tasks), str(Path(plan.output_dir) / "eval"), run_id,
                     limit=evaluation.limit, tracking_uri=tracking)
@@ -196,8 +204,11 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
     if changes:
         spec = with_changes(spec, changes)
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment_id = ensure_experiment(client, EXPERIMENT)
+    # A flow of this machine that was killed left its slot taken, its runs RUNNING and its local
+    # Prefect server alive; nobody else will ever release them.
+    clean_up_after_dead_flows(client, experiment_id, log)
     if spec.evaluation.tasks and not evaluation_available():
         raise RuntimeError(f"evaluation.tasks={spec.evaluation.tasks} but the evaluation layer (tasks/evaluate.py) "
                            "is not installed; remove the tasks or install it")
@@ -211,7 +222,7 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
     plans = plan_variants(spec, Path(pool.manifest), pool.data_hash, source)
     tags = provenance_tags(code, source, lock, pool.data_hash)
     parent = create_parent_run(client, experiment_id, spec.name, {
-        **tags, TAG_CONFIG_HASH: _spec_hash(spec), TAG_FLOW_RUN_ID: str(current_flow_run.id),
+        **tags, **process_tags(), TAG_CONFIG_HASH: _spec_hash(spec), TAG_FLOW_RUN_ID: str(current_flow_run.id),
         TAG_FLOW_RUN_URL: _flow_run_url()})
     print(f"MLflow parent run {parent} ({run_url(uri, experiment_id, parent)}); tracking store {uri}")
     try:

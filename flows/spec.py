@@ -87,7 +87,8 @@ class ImagesSpec(_Spec):
         for i, s in enumerate(v):
             p = resolve_path(s)
             if not p.is_dir():
-                raise ValueError(f"images.sources[{i}]: image folder not found: {s!r} (resolved to {p})")
+                what = "is a file, not an image folder" if p.exists() else "image folder not found"
+                raise ValueError(f"images.sources[{i}]: {what}: {s!r} (resolved to {p})")
         return v
 
 

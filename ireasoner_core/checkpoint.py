@@ -3,6 +3,8 @@
 A checkpoint is written into ``iter-XXXXXX.partial-<nonce>/`` and renamed to ``iter-XXXXXX/``
 only after every file, including the ``COMPLETE`` marker, is on disk. A crash leaves at most a
 ``.partial`` directory, which ``latest_checkpoint`` never returns and the next save removes.
+Pruning renames a checkpoint to ``.deleting-<nonce>`` before deleting it, so a kill mid-delete
+never leaves a half-deleted ``iter-XXXXXX``; ``remove_leftovers`` clears what kills leave.
 """
 
 from __future__ import annotations
@@ -40,9 +42,35 @@ def finalize(partial: Path, iteration: int, keep_last: int) -> Path:
         shutil.rmtree(final)
     os.replace(partial, final)
     _fsync_dir(final.parent)
-    for old in complete_checkpoints(final.parent)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(final.parent, keep_last)
     return final
+
+
+def _prune(root: Path, keep_last: int) -> list[Path]:
+    old = complete_checkpoints(root)[:-keep_last]
+    for path in old:
+        _delete(path)
+    return old
+
+
+def _delete(path: Path) -> None:
+    """Rename out of the checkpoint namespace first (atomic), then delete at leisure."""
+    doomed = path.with_name(f"{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(out: Path, keep_last: int) -> list[Path]:
+    """What killed runs leave in a run directory: partial final adapters, partial or half-deleted
+    checkpoints, and complete ones beyond ``keep_last``. Call only while holding the run directory."""
+    out, root = Path(out), Path(out) / "checkpoints"
+    removed = [p for p in out.glob("final.partial-*")]
+    if root.is_dir():
+        removed += [p for p in root.iterdir() if p.is_dir() and (".partial-" in p.name or ".deleting-" in p.name
+                    or (_NAME.match(p.name) and not (p / COMPLETE).is_file()))]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed + _prune(root, keep_last)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -19,6 +19,10 @@ import yaml
 from .config import ConfigError, load_config
 
 
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2, no traceback."""
+
+
 def _parse_sets(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -30,13 +34,21 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import train
-
     overrides = _parse_sets(args.set)
     if args.output_dir:
         overrides["checkpoint.output_dir"] = args.output_dir
     cfg = load_config(args.config, overrides)
-    result = train(cfg)
+    from .data.pool import ImagePoolError
+    from .model import ModelLoadError
+    from .rundir import RunDirError
+    from .trainer import (
+        train,  # after validation: importing torch takes seconds a bad config should not wait
+    )
+
+    try:
+        result = train(cfg)
+    except (ImagePoolError, ModelLoadError, RunDirError) as err:
+        raise CliError(str(err)) from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as err:
+    except (ConfigError, CliError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,10 @@ class ModelConfig(_Section):
     )
 
 
+LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_PROJECTIONS = ("qkv", "proj")  # visual.blocks.*.attn; the visual MLP reuses the language names
+
+
 class LoRAConfig(_Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
@@ -57,6 +61,20 @@ class LoRAConfig(_Section):
         description="Also adapt matching modules of the vision tower. Off by default: SPEC.md trains the "
         "language model only (a bare name list would silently match the visual MLP).",
     )
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> "LoRAConfig":
+        # Checked here, not when peft wraps the model: a typo should fail in a second, not after a 7B load.
+        known = LANGUAGE_PROJECTIONS + (VISION_PROJECTIONS if self.train_vision else ())
+        if not self.target_modules:
+            raise ValueError("lora.target_modules: empty; name at least one of " + ", ".join(known))
+        unknown = [m for m in self.target_modules if m not in known]
+        if unknown:
+            hint = (f" ({', '.join(VISION_PROJECTIONS)} are vision-tower modules: set lora.train_vision=true)"
+                    if set(unknown) & set(VISION_PROJECTIONS) else "")
+            raise ValueError(f"lora.target_modules: {', '.join(map(repr, unknown))} is not a Qwen2.5-VL projection; "
+                             f"known: {', '.join(known)}{hint}")
+        return self
 
 
 class SamplingConfig(_Section):
@@ -143,6 +161,9 @@ class CheckpointConfig(_Section):
     every: int = Field(50, gt=0, description="Save a checkpoint every this many iterations (and at the end).")
     keep_last: int = Field(2, gt=0, description="Complete checkpoints kept on disk.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint in output_dir.")
+    resume_changed_config: bool = Field(
+        False, description="Resume even if the config changed since the checkpoint (e.g. a larger "
+        "schedule.iterations); the run's history then mixes both configs.")
 
 
 class PerfConfig(_Section):
@@ -210,7 +231,8 @@ class TrainConfig(_Section):
         if d.manifest is not None and not Path(d.manifest).is_file():
             raise ValueError(f"data.manifest: file not found: {d.manifest}")
         if d.manifest is None and d.image_dir is not None and not Path(d.image_dir).is_dir():
-            raise ValueError(f"data.image_dir: folder not found: {d.image_dir}")
+            what = "is a file, not a folder" if Path(d.image_dir).exists() else "folder not found"
+            raise ValueError(f"data.image_dir: {what}: {d.image_dir}")
         if d.manifest is None and d.image_dir is None and self.model.name_or_path != EMBEDDED_MODEL:
             raise ValueError("data.image_dir: required unless model.name_or_path is 'embedded' (synthetic images)")
         if self.rewards.min_group > self.sampling.num_rollouts:
@@ -278,6 +300,12 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
         raise ConfigError(f"invalid configuration ({source}):\n  ablation: unknown ablation {ablation!r}; "
                           f"known: {', '.join(ABLATIONS)}")
     for key, value in ABLATIONS[ablation].items():
+        # An explicit override the ablation would silently replace is an error, not a loss: which
+        # of the two the user meant cannot be guessed (no_warmup with lambda_end=0.3 is neither).
+        if key in (overrides or {}) and overrides[key] != value:
+            raise ConfigError(f"invalid configuration ({source}):\n  override {key}={overrides[key]!r} contradicts "
+                              f"ablation {ablation!r}, which sets {key}={value!r}; drop the override, or use "
+                              "ablation=full with the fields you want")
         _set_dotted(raw, key, value)
     try:
         return TrainConfig.model_validate(raw)

@@ -42,6 +42,7 @@ from .model import resolve_dtype
 from .parsing import parse_question, parse_rollout
 from .policy import ROLES, Policy, RolloutBatch
 from .prompts import FALLBACK_QUESTION
+from .rundir import check_resumed_pool, config_changed_error, run_dir_lock
 from .rewards import (kl_controller, leave_one_out, proposer_reward, solver_rewards, update_baseline,
                       warmup_lambda)
 
@@ -134,6 +135,7 @@ class Trainer:
             manifest = sample_pool([Path(folder)], d.pool_size, self.cfg.seed, d.include_subfolders)
         self.images_skipped = len(manifest.skipped)
         if self.main:
+            check_resumed_pool(self.out, self.cfg.checkpoint.resume, manifest.images)
             manifest.write(self.out / "pool.json")
         return list(manifest.images)
 
@@ -179,11 +181,8 @@ class Trainer:
             self.acc.wait_for_everyone()
             return 0
         state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
-        if state["config_hash"] != self.cfg.hash():
-            raise RuntimeError(
-                f"{self.out} holds checkpoints of a different configuration (hash {state['config_hash']} != "
-                f"{self.cfg.hash()}); use another checkpoint.output_dir or set checkpoint.resume=false"
-            )
+        if state["config_hash"] != self.cfg.hash() and not c.resume_changed_config:
+            raise config_changed_error(self.out, state["config_hash"], self.cfg)
         for role in ROLES:
             weights = load_peft_weights(str(latest / "adapters" / role), device=str(self.acc.device))
             set_peft_model_state_dict(self.policy.model, weights, adapter_name=role)
@@ -446,7 +445,11 @@ class Trainer:
 
 def train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Run (or resume) one training run described by ``cfg``."""
-    return Trainer(cfg, callbacks).train()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run directory for the whole group
+        return Trainer(cfg, callbacks).train()
+    with run_dir_lock(Path(cfg.checkpoint.output_dir)):
+        ckpt.remove_leftovers(Path(cfg.checkpoint.output_dir), cfg.checkpoint.keep_last)
+        return Trainer(cfg, callbacks).train()
 
 
 class _PhaseTimer:

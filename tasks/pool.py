@@ -33,7 +33,8 @@ class PoolRef(BaseModel):
 
 
 def sources_fingerprint(sources: list[Path]) -> str:
-    """sha256 over every file's relative path, size and mtime in the source folders (no image decoding)."""
+    """sha256 over every file's relative path, size and mtime in the source folders (no image decoding);
+    a broken symbolic link counts by its name, so repairing it makes a new pool."""
     h = hashlib.sha256()
     for root in sources:
         h.update(str(root).encode())
@@ -41,7 +42,11 @@ def sources_fingerprint(sources: list[Path]) -> str:
             dirnames.sort()
             for name in sorted(filenames):
                 p = Path(dirpath) / name
-                st = p.stat()
+                try:
+                    st = p.stat()
+                except OSError:  # dangling link or link loop: the scan skips and counts it; so do we
+                    h.update(f"{p.relative_to(root)}\0broken\n".encode())
+                    continue
                 h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

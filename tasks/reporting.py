@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
@@ -89,7 +90,11 @@ def select_runs(client: MlflowClient, experiment: str, parent_run_id: str | None
                                     order_by=["attributes.start_time DESC"], max_results=1)
         parent_run_id = sweeps[0].info.run_id if sweeps else None
     if parent_run_id is not None and not all_runs:
-        parent = client.get_run(parent_run_id)   # a wrong id fails here, naming it
+        try:
+            parent = client.get_run(parent_run_id)
+        except MlflowException:
+            raise ReportError(f"parent run {parent_run_id!r} not found in the MLflow store {client.tracking_uri}; "
+                              "leave out --parent-run-id to report the newest sweep") from None
         runs = client.search_runs(ids, filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10_000)
         runs += [client.get_run(r) for r in json.loads(parent.data.tags.get(TAG_REUSED_RUNS, "{}")).values()]
     else:

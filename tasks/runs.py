@@ -8,6 +8,7 @@ and an artifact folder in the repository, so the embedded default needs no serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ireasoner_core.locks import file_lock
 from tasks.conventions import (
     EXPERIMENT,
     KIND_SWEEP,
@@ -58,9 +60,29 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def sqlite_schema_lock(uri: str) -> contextlib.AbstractContextManager[None]:
+    """For a SQLite store: an inter-process lock around its first use. MLflow creates and migrates the
+    schema when a process first opens the file, and two processes doing that at once fail with
+    "table ... already exists"; a server store does this once, at server start."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return file_lock(db.with_name(db.name + ".schema-lock"))
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient whose store is open: for SQLite, its schema created under the schema lock."""
+    with sqlite_schema_lock(uri):
+        client = MlflowClient(uri)  # opens the store (creating or migrating its schema) right here
+        client.search_experiments(max_results=1)
+    return client
+
+
 def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT) -> str:
     """Create the experiment once, before variants fan out (parallel creators would race)."""
-    exp = client.get_experiment_by_name(name)
+    with sqlite_schema_lock(client.tracking_uri):
+        exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,9 +28,9 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
-from prefect.concurrency.sync import concurrency
 
 from tasks.conventions import ARTIFACT_ADAPTERS, ARTIFACT_CONFIG, ARTIFACT_METRICS_JSONL
+from tasks.liveness import concurrency_slot
 from tasks.runs import log_artifact_dir, register_solver
 from tasks.tracking import JsonlFollower, MlflowTrainLogger, start_system_metrics
 
@@ -51,13 +52,25 @@ def _use_subprocess(launcher: str, devices: int) -> bool:
     return launcher == "subprocess" or (launcher == "auto" and devices > 1)
 
 
+def _die_with_parent() -> Any:
+    """A preexec_fn: the child gets SIGTERM when the flow process dies (even by SIGKILL), so no orphan
+    trainer keeps writing the run directory (and holding its lock) while the next flow resumes it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child after fork only calls it
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+
 def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: Path,
                             mlflow_logger: MlflowTrainLogger, log: Any, poll_seconds: float = 2.0) -> None:
     """Run the trainer as a subprocess; stream its output into ``log``, its metrics into MLflow."""
     follower = JsonlFollower(metrics_path)
     tail: deque[str] = deque(maxlen=20)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
+                            bufsize=1, start_new_session=True, preexec_fn=_die_with_parent())
     log.info("training subprocess pid %d: %s", proc.pid, " ".join(cmd))
 
     def pump() -> None:
@@ -95,7 +108,7 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
     out = Path(cfg.checkpoint.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mlflow_logger = MlflowTrainLogger(run_id, client=client, logger=log)
-    with concurrency(TRAINING_LIMIT, occupy=1):
+    with concurrency_slot(TRAINING_LIMIT, f"training of {plan.key}", log):
         monitor = start_system_metrics(run_id, tracking_uri, log)
         started = time.monotonic()
         try:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ireasoner_core.config import ABLATIONS, ConfigError, TrainConfig, apply_ablation, build_config, load_config
+from ireasoner_core.config import (
+    ABLATIONS,
+    ConfigError,
+    TrainConfig,
+    apply_ablation,
+    build_config,
+    load_config,
+)
 
 
 def test_defaults_are_specs():
@@ -78,3 +85,67 @@ def test_the_qwen_config_requires_an_image_folder():
     with pytest.raises(ConfigError, match="data.image_dir"):
         load_config(repo / "configs" / "qwen2.5-vl-7b.yaml")
     assert load_config(repo / "configs" / "tiny.yaml").model.name_or_path == "embedded"
+
+
+def test_an_explicit_override_that_contradicts_the_ablation_is_an_error_naming_both():
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"ablation": "no_warmup", "rewards.lambda_end": 0.3})
+    msg = str(err.value)
+    assert "rewards.lambda_end=0.3" in msg and "no_warmup" in msg and "0.7" in msg
+    # Agreeing with the ablation, or touching a field it leaves alone, is fine.
+    assert build_config({}, {"ablation": "no_warmup", "rewards.lambda_end": 0.7}).rewards.lambda_end == 0.7
+    assert build_config({}, {"ablation": "no_warmup", "rewards.alpha": 0.4}).rewards.alpha == 0.4
+
+
+@pytest.mark.parametrize("modules, bad", [(["q_proj", "qproj"], "qproj"), ([], "empty"), (["qkv"], "qkv")])
+def test_unknown_lora_target_modules_fail_at_validation(modules, bad):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, {"lora.target_modules": modules})
+    assert "lora.target_modules" in str(err.value) and bad in str(err.value)
+
+
+def test_vision_projections_are_valid_targets_only_with_train_vision():
+    cfg = build_config({}, {"lora.target_modules": ["q_proj", "qkv"], "lora.train_vision": True})
+    assert cfg.lora.target_modules == ["q_proj", "qkv"]
+
+
+def test_a_bad_config_is_reported_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  num_rollouts: -5\n")
+    probe = ("import sys\nfrom ireasoner_core.cli import main\n"
+             f"rc = main(['train', '--config', {str(bad)!r}])\n"
+             "print('torch imported' if 'torch' in sys.modules else 'no torch', rc)")
+    r = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "no torch 2", r.stdout + r.stderr
+    assert "sampling.num_rollouts" in r.stderr and "-5" in r.stderr
+
+
+def test_an_image_folder_that_is_a_file_is_called_a_file(tmp_path):
+    f = tmp_path / "images.png"
+    f.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"data.image_dir: is a file, not a folder: {f}"):
+        build_config({}, {"data.image_dir": str(f)})
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing_model", "output_dir_is_a_file"])
+def test_train_cli_names_the_problem_without_a_traceback(case, tmp_path, capsys, embedded_model_dir):
+    from ireasoner_core.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    sets = {"empty_folder": ["data.image_dir=" + str(tmp_path / "empty")],
+            "missing_model": ["model.name_or_path=" + str(tmp_path / "no-model"), "data.image_dir=" + str(tmp_path)],
+            "output_dir_is_a_file": []}[case]
+    out = tmp_path / "a-file" if case == "output_dir_is_a_file" else tmp_path / "run"
+    argv = ["train", "--config", "configs/tiny.yaml", "--output-dir", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    expected = {"empty_folder": f"no readable images in {tmp_path / 'empty'}",
+                "missing_model": f"model.name_or_path: directory not found: {tmp_path / 'no-model'}",
+                "output_dir_is_a_file": f"checkpoint.output_dir {tmp_path / 'a-file'} is a file"}[case]
+    assert "error: " + expected in err and "Traceback" not in err, err

@@ -105,7 +105,9 @@ def test_killed_training_resumes_from_its_checkpoint_on_retry(harness, store, tm
 def test_a_failed_variant_does_not_stop_the_others(harness, store, tmp_path):
     from flows.ireasoner import ireasoner
 
-    broken = {"name": "broken", "ablation": "full", "overrides": {"lora.target_modules": ["no_such_projection"]}}
+    # Valid for the spec, fails only when the variant runs: its model directory does not exist.
+    broken = {"name": "broken", "ablation": "full",
+              "overrides": {"model.name_or_path": str(tmp_path / "no-model"), "data.image_dir": str(tmp_path)}}
     spec = {"name": "isolation", "iterations": 2, "runs_dir": str(tmp_path / "runs"), "overrides": TINY,
             "variants": [broken, "soft_only"], "images": {"synthetic_images": 4},
             "resources": {"retries": 0}}
@@ -119,7 +121,7 @@ def test_a_failed_variant_does_not_stop_the_others(harness, store, tmp_path):
     assert children["soft_only"].info.status == "FINISHED"
     assert children["soft_only"].data.tags[TAG_STATUS] == "finished"
     assert children["soft_only"].data.metrics["iterations"] == 2
-    assert children["broken"].info.status == "FAILED" and "no_such_projection" in children["broken"].data.tags[
+    assert children["broken"].info.status == "FAILED" and "no-model" in children["broken"].data.tags[
         "ireasoner.error"]
     # The table still has both rows, and says which failed.
     table = store.load_table(exp.experiment_id, run_ids=[parent.info.run_id], artifact_file="results_table.json")

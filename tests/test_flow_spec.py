@@ -40,6 +40,12 @@ def test_missing_image_folder_names_the_field(tmp_path):
     assert "images.sources[0]: image folder not found" in msg and "nope" in msg
 
 
+def test_an_image_source_that_is_a_file_is_called_a_file(tmp_path):
+    (tmp_path / "images.zip").write_bytes(b"x")
+    msg = _error(images={"sources": [str(tmp_path / "images.zip")]})
+    assert "images.sources[0]: is a file, not an image folder" in msg and "images.zip" in msg
+
+
 def test_unknown_ablation_in_an_explicit_variant():
     msg = _error(variants=[{"name": "mine", "ablation": "no_such"}])
     assert "unknown ablation 'no_such'" in msg

@@ -215,9 +215,8 @@ def test_load_image_errors_name_the_file(tmp_path):
 
 def test_truncated_images_fail_even_after_lmms_eval_relaxes_pil(tmp_path):
     """lmms-eval sets PIL's global LOAD_TRUNCATED_IMAGES=True on import; pool loading stays strict."""
-    from PIL import Image, ImageFile
-
     import lmms_eval.api.task  # noqa: F401  (the import that flips the global)
+    from PIL import Image, ImageFile
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     good = tmp_path / "good.jpg"
@@ -228,3 +227,40 @@ def test_truncated_images_fail_even_after_lmms_eval_relaxes_pil(tmp_path):
         load_image(cut)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True     # restored for lmms-eval's own use
     assert load_image(good).size == (64, 64)
+
+
+def test_16_bit_png_keeps_its_gradient(tmp_path):
+    import numpy as np
+
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # really stored with 16 bits per pixel
+    px = np.asarray(load_image(path))[0, :, 0].astype(int)
+    assert px[0] == 0 and px[-1] == 255
+    assert len(set(px.tolist())) > 200 and (np.diff(px) >= 0).all()  # a ramp, not a white flood
+    assert abs(int(px[128]) - 128) <= 2
+
+
+def test_broken_symlinks_are_skipped_and_counted(tmp_path):
+    _png(tmp_path / "good.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "alias.png").symlink_to(tmp_path / "good.png")  # a working link is an image like any other
+    scan = scan_images(tmp_path)
+    assert [p.name for p in scan.images] == ["alias.png", "good.png"]
+    reasons = {p.name: r for p, r in scan.skipped}
+    assert set(reasons) == {"dangling.png", "loop.png"}
+    assert all("symbolic link" in r for r in reasons.values())
+
+
+def test_flow_pool_fingerprint_survives_broken_symlinks_and_sees_them_change(tmp_path):
+    from tasks.pool import sources_fingerprint
+
+    _png(tmp_path / "good.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "missing.png")
+    before = sources_fingerprint([tmp_path])
+    _png(tmp_path / "missing.png")  # the dangling link now points at an image
+    assert sources_fingerprint([tmp_path]) != before

@@ -160,3 +160,10 @@ def test_unknown_experiment_is_a_clear_error(store, capsys):
     uri, _, _, _, tmp = store
     assert main(["--experiment", "nope", "--tracking-uri", uri, "--out-dir", str(tmp / "x")]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
+
+
+def test_unknown_parent_run_id_is_a_clear_error(store, capsys):
+    uri, _, _, _, tmp = store
+    assert main(["--tracking-uri", uri, "--parent-run-id", "0123456789abcdef", "--out-dir", str(tmp / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "parent run '0123456789abcdef' not found" in err and uri in err and "Traceback" not in err

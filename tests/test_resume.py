@@ -79,3 +79,38 @@ def test_partial_checkpoints_are_never_loaded(tmp_path):
     for i in (10, 12):
         ckpt.finalize(ckpt.new_partial_dir(root, i), i, keep_last=2)
     assert [p.name for p in ckpt.complete_checkpoints(root)] == ["iter-000010", "iter-000012"]
+
+
+def test_crash_leftovers_are_removed_before_a_run_starts(tmp_path):
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+    for i in (3, 4, 5):                                    # a kill during pruning kept 3 > keep_last=2
+        ckpt.finalize(ckpt.new_partial_dir(root, i), i, keep_last=5)
+    (out / "final.partial-4242" / "solver").mkdir(parents=True)   # a kill while saving the final adapters
+    (root / "iter-000001").mkdir()                          # half deleted: the marker went first
+    (root / "iter-000001" / "trainer_state.pt").write_text("x")
+    (root / "iter-000002.partial-dead").mkdir()             # a kill mid-save
+    (out / "final").mkdir()                                 # what a finished run keeps is left alone
+    removed = ckpt.remove_leftovers(out, keep_last=2)
+    assert sorted(p.name for p in removed) == ["final.partial-4242", "iter-000001", "iter-000002.partial-dead",
+                                              "iter-000003"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final"]
+    assert sorted(p.name for p in root.iterdir()) == ["iter-000004", "iter-000005"]
+
+
+def test_pruning_never_leaves_a_half_deleted_checkpoint_that_looks_complete(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    for i in (1, 2):
+        ckpt.finalize(ckpt.new_partial_dir(root, i), i, keep_last=2)
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_mid_delete(path, *a, **k):                  # the process dies inside the first deletion
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.finalize(ckpt.new_partial_dir(root, 3), 3, keep_last=2)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    # The checkpoint being pruned was first renamed out of the iter-XXXXXX namespace.
+    assert [p.name for p in ckpt.complete_checkpoints(root)] == ["iter-000002", "iter-000003"]
+    assert ckpt.remove_leftovers(tmp_path, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["iter-000002", "iter-000003"]

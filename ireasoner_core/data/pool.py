@@ -66,18 +66,33 @@ def _verify(path: Path) -> str | None:
     return None
 
 
-def _candidate_files(folder: Path, include_subfolders: bool) -> list[Path]:
+BROKEN_LINK = "broken symbolic link (dangling or a loop)"
+
+
+def _candidate_files(folder: Path, include_subfolders: bool) -> tuple[list[Path], list[Path]]:
+    """Image files, and image-named symbolic links that lead nowhere (counted as skipped, never dropped)."""
     files: list[Path] = []
+    broken: list[Path] = []
+
+    def take(p: Path) -> None:
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():  # is_file() is False for ELOOP and dangling links alike
+            broken.append(p)
+
     for entry in sorted(folder.iterdir()):
         if _is_hidden(entry):
             continue
         if entry.is_dir():
             # One level only: a deep tree is more likely a dataset dump with splits than one pool.
             if include_subfolders:
-                files.extend(p for p in sorted(entry.iterdir()) if not _is_hidden(p) and p.is_file())
-        elif entry.is_file():
-            files.append(entry)
-    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+                for p in sorted(entry.iterdir()):
+                    if not _is_hidden(p):
+                        take(p)
+        else:
+            take(entry)
+    ext = lambda ps: [p for p in ps if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return ext(files), ext(broken)
 
 
 def _describe_skipped(skipped: Sequence[tuple[Path, str]]) -> str:
@@ -94,7 +109,9 @@ def scan_images(folder: Path, include_subfolders: bool = True) -> ScanResult:
     if not folder.is_dir():
         raise ImagePoolError(f"image folder is not a directory: {folder}")
     result = ScanResult()
-    for path in _candidate_files(folder, include_subfolders):
+    files, broken = _candidate_files(folder, include_subfolders)
+    result.skipped.extend((p, BROKEN_LINK) for p in broken)
+    for path in files:
         reason = _verify(path)
         if reason is None:
             result.images.append(path)
@@ -209,6 +226,15 @@ def _strict_decoding():
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grey to 8 bits by scaling; PIL's convert would clip all above 255 to white."""
+    import numpy as np
+
+    a = np.asarray(im).astype(np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) <= 65535 else float(a.max())
+    return Image.fromarray(np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(path: Path | str) -> Image.Image:
     """Decode one pool image as RGB; ImagePoolError naming the file if it cannot be decoded."""
     path = Path(path)
@@ -224,6 +250,8 @@ def load_image(path: Path | str) -> Image.Image:
                 rgba = im.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 return Image.alpha_composite(background, rgba).convert("RGB")
+            if im.mode.startswith("I"):
+                im = _to_8_bit(im)
             return im.convert("RGB")
     except Exception as e:  # decoding errors come in many PIL types; the trainer counts and skips them
         raise ImagePoolError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e

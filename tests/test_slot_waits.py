@@ -1,0 +1,78 @@
+"""The training slot: a wait is logged (what it waits for, who holds it), a dead holder's slot comes back.
+
+A real ephemeral Prefect server (local mode, temporary PREFECT_HOME) in a subprocess; the slot is
+taken by Prefect's own client calls, as a live or a SIGKILLed flow would leave it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = r"""
+import json, subprocess, sys, threading, time
+from prefect.client.orchestration import get_client
+import socket
+from ireasoner_core.rundir import ProcessId, _start_time
+from tasks.liveness import _ledger, concurrency_slot
+
+class Log:
+    def __init__(self): self.lines = []
+    def _add(self, msg, *a): self.lines.append(msg % a)
+    info = warning = error = _add
+
+with get_client(sync_client=True) as c:
+    c.upsert_global_concurrency_limit_by_name("probe-limit", 1)
+    c.increment_concurrency_slots(["probe-limit"], 1, "concurrency")   # a live holder, unknown to us
+log, done = Log(), []
+def wait():
+    with concurrency_slot("probe-limit", "training of probe", log, wait_log_seconds=1):
+        done.append(time.monotonic())
+t = threading.Thread(target=wait); t.start()
+time.sleep(4)
+waits = list(log.lines)
+with get_client(sync_client=True) as c:
+    c.release_concurrency_slots(["probe-limit"], 1, 1.0)                # the holder finishes
+t.join(60)
+# A holder that was SIGKILLed while holding the slot: its ledger entry names a dead process.
+with get_client(sync_client=True) as c:
+    c.increment_concurrency_slots(["probe-limit"], 1, "concurrency")
+dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+who = ProcessId(socket.gethostname(), dead.pid, _start_time(dead.pid)).token()
+(_ledger() / "slot-killed.json").write_text(json.dumps(
+    {"process": who, "since": time.time(), "limit": "probe-limit", "slots": 1, "what": "training of killed"}))
+dead.kill(); dead.wait()
+started = time.monotonic()
+log2 = Log()
+with concurrency_slot("probe-limit", "training of rerun", log2, wait_log_seconds=1):
+    took = time.monotonic() - started
+print(json.dumps({"waits": waits, "acquired": bool(done), "rerun": log2.lines, "took": took,
+                  "ledger_left": [p.name for p in _ledger().glob("slot-*.json")]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_wait_for_the_slot_is_logged_and_a_dead_holders_slot_comes_back(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=400, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # Waiting is never silent: it says what waits, for which limit, how full it is, how to free it.
+    assert len(out["waits"]) >= 2
+    first = out["waits"][0]
+    assert "training of probe has waited" in first and "'probe-limit'" in first and "1/1 slots taken" in first
+    assert "prefect gcl update probe-limit --active-slots 0" in first
+    assert out["acquired"]
+    # The dead holder's slot was given back at once, and said so; no ledger entry is left behind.
+    assert any("held by process" in line and "which died" in line for line in out["rerun"])
+    assert not any("has waited" in line for line in out["rerun"]) and out["took"] < 30
+    assert out["ledger_left"] == []
