@@ -252,9 +252,13 @@ class IReasonerLMM(lmms):
             raise SystemExit(f"ireasoner: {err}") from err
 
     @property
-    def batch_sizes(self) -> dict[str, int]:
-        """What lmms-eval records as ``config.batch_sizes``: the batch size actually used."""
-        return {"ireasoner": self.batch_size}
+    def batch_sizes(self) -> dict[str, str]:
+        """What lmms-eval writes as ``config.batch_sizes`` in its results JSON.
+
+        lmms-eval 0.7 records nothing else about the model object, so this is where its results
+        JSON gets the batch size actually used, the protocol and the answer extractor.
+        """
+        return {"ireasoner": f"{self.batch_size} (protocol={self.protocol}, answer_extractor={self.answer_extractor})"}
 
     @property
     def info(self) -> dict[str, Any]:

@@ -39,6 +39,9 @@ class BenchmarkUnavailableError(EvaluationError):
     """A benchmark's dataset could not be loaded (no network, no local copy, gated dataset)."""
 
 
+FETCH_COMMAND = "ireasoner benchmarks fetch"
+
+
 class EvalResult(BaseModel):
     """Scores of one model on a list of tasks (the contract between evaluation and reporting)."""
 
@@ -55,6 +58,10 @@ class EvalResult(BaseModel):
     is_main_process: bool = True
     """False on the non-zero ranks of an ``accelerate launch`` (lmms-eval gathers results on rank 0)."""
     notes: list[str] = Field(default_factory=list)
+    protocol: str = "lmms_eval"
+    """How the model was prompted and decoded (``lmm.py``: lmms_eval = lmms-eval's Qwen2.5-VL protocol)."""
+    answer_extractor: str = "evolmm"
+    """How the scored answer was cut from each generation (``lmm.extract_answer``)."""
 
 
 def metric_name(name: str) -> str:
@@ -112,8 +119,9 @@ def check_tasks(tasks: list[str], task_manager) -> None:
             get_task_dict([task], task_manager)
         except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
             raise BenchmarkUnavailableError(
-                f"benchmark {task!r}: its dataset could not be loaded ({type(err).__name__}: {err}). "
-                "Run where the Hugging Face hub is reachable, or pre-populate the datasets cache "
+                f"benchmark {task!r}: its dataset is not in the Hugging Face cache and could not be downloaded "
+                f"({type(err).__name__}: {err}). Fetch it once on a machine with network, into the cache this "
+                f"worker reads (HF_HOME): `{FETCH_COMMAND} {task}` "
                 f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})."
             ) from err
 
@@ -129,11 +137,14 @@ def run_evaluation(
     seed: int = 0,
     device: str | None = None,
     max_new_tokens: int | None = None,
+    protocol: str = "lmms_eval",
+    answer_extractor: str | None = None,
 ) -> EvalResult:
     """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
 
-    ``batch_size``/``max_new_tokens`` None: the plugin's defaults (64 / 96 tokens for the embedded
-    model, 8 / 512 otherwise).
+    ``batch_size`` None: the plugin's default (64 for the embedded model, 8 otherwise);
+    ``max_new_tokens`` None: the task's (protocol lmms_eval) or the plugin's (solver: 96 / 512).
+    ``protocol``/``answer_extractor``: see ``lmm.py``; both are recorded in the result and results JSON.
     """
     from lmms_eval.evaluator import simple_evaluate
 
@@ -147,14 +158,16 @@ def run_evaluation(
     task_manager = _task_manager()
     check_tasks(tasks, task_manager)
     lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
-                      device=device, max_new_tokens=max_new_tokens)
+                      device=device, max_new_tokens=max_new_tokens, protocol=protocol,
+                      answer_extractor=answer_extractor)
     results = simple_evaluate(
         model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
         bootstrap_iters=0,  # lmms-eval's own stderr; the reports bootstrap paired differences instead
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         verbosity="WARNING",
     )
-    out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks)
+    out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
+                     protocol=lm.protocol, answer_extractor=lm.answer_extractor)
     if results is None:  # a non-zero rank: rank 0 holds the gathered results
         out.is_main_process = False
         out.seconds = time.perf_counter() - started
@@ -164,6 +177,7 @@ def run_evaluation(
         _collect(task, results, lm.generations, output_dir, out)
     out.results_path = output_dir / "results.json"
     summary = {k: v for k, v in results.items() if k != "samples"}
+    summary["ireasoner"] = lm.info   # protocol and answer extractor beside lmms-eval's own config
     out.results_path.write_text(json.dumps(summary, indent=2, default=str))
     out.seconds = time.perf_counter() - started
     return out
