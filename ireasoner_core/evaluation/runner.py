@@ -111,6 +111,7 @@ def check_tasks(tasks: list[str], task_manager) -> None:
             raise EvaluationError(
                 f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
                 "`python -m lmms_eval --tasks list` prints the rest)")
+    missing: dict[str, str] = {}
     for task in tasks:
         if task in MINI_TASKS:
             ensure_mini_dataset(task)
@@ -118,12 +119,15 @@ def check_tasks(tasks: list[str], task_manager) -> None:
         try:
             get_task_dict([task], task_manager)
         except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
-            raise BenchmarkUnavailableError(
-                f"benchmark {task!r}: its dataset is not in the Hugging Face cache and could not be downloaded "
-                f"({type(err).__name__}: {err}). Fetch it once on a machine with network, into the cache this "
-                f"worker reads (HF_HOME): `{FETCH_COMMAND} {task}` "
-                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})."
-            ) from err
+            missing[task] = f"{type(err).__name__}: {err}"
+    if missing:
+        # Every missing benchmark at once, so one fetch command fixes the worker.
+        causes = "; ".join(f"{t}: {cause[:300]}" for t, cause in missing.items())
+        raise BenchmarkUnavailableError(
+            f"benchmark dataset(s) not in the Hugging Face cache and not downloadable here: {', '.join(missing)}. "
+            f"Fetch them once on a machine with network, into the cache this worker reads (HF_HOME): "
+            f"`{FETCH_COMMAND} {' '.join(missing)}` "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}; causes: {causes})")
 
 
 def run_evaluation(
