@@ -64,6 +64,7 @@ def test_main_preset_on_a_worker_without_the_datasets_fails_each_variant_naming_
         monkeypatch.setenv(var, "1")
     monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path / "hf-datasets"))   # nothing cached
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     main_tasks = PRESETS["main"]["evaluation"]["tasks"]
@@ -83,3 +84,4 @@ def test_main_preset_on_a_worker_without_the_datasets_fails_each_variant_naming_
         assert child.info.status == "FAILED" and child.data.tags[TAG_STATUS] == "failed"
         error = child.data.tags["ireasoner.error"]
         assert f"`ireasoner benchmarks fetch {' '.join(TABLE1_TASKS)}`" in error, error
+        assert "mathvista_testmini, mathverse_testmini: lmms-eval scores them with an LLM judge" in error, error

@@ -121,12 +121,17 @@ def check_tasks(tasks: list[str], task_manager) -> None:
         except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
             missing[task] = f"{type(err).__name__}: {err}"
     if missing:
-        # Every missing benchmark at once, so one fetch command fixes the worker.
+        # Every missing benchmark at once, so one fetch command fixes the worker. MathVista's and
+        # MathVerse's lmms-eval modules build their LLM judge's client when imported, so without its
+        # API key they fail before their dataset is even looked for: fetch them too, and say so.
+        judged = [t for t, c in missing.items() if "api_key" in c.lower() or "OpenAIError" in c]
+        judge = (f" {', '.join(judged)}: lmms-eval scores them with an LLM judge whose API is not configured "
+                 "(OPENAI_API_KEY, or API_TYPE=azure with AZURE_API_KEY; docs/evaluation.md)." if judged else "")
         causes = "; ".join(f"{t}: {cause[:300]}" for t, cause in missing.items())
         raise BenchmarkUnavailableError(
             f"benchmark dataset(s) not in the Hugging Face cache and not downloadable here: {', '.join(missing)}. "
             f"Fetch them once on a machine with network, into the cache this worker reads (HF_HOME): "
-            f"`{FETCH_COMMAND} {' '.join(missing)}` "
+            f"`{FETCH_COMMAND} {' '.join(missing)}`.{judge} "
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}; causes: {causes})")
 
 
