@@ -110,7 +110,7 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
             with concurrency(TRAINING_LIMIT, occupy=1):  # evaluation holds the GPUs as training does
                 scores = evaluate_variant(plan.model, adapter, list(evaluation.tasks),
                                           str(Path(plan.output_dir) / "eval"), run_id, limit=evaluation.limit,
-                                          tracking_uri=tracking)
+                                          tracking_uri=tracking, protocol=evaluation.protocol)
         else:
             log.info("%s: %s, so it has no benchmark scores", plan.key, NO_EVALUATION)
             client.set_tag(run_id, "ireasoner.evaluation", NO_EVALUATION)
