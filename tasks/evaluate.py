@@ -4,8 +4,8 @@ On the variant's run (passed explicitly: MLflow's active run is thread-local and
 tasks in worker threads) it logs ``eval/<task>`` = headline score in 0-100, every lmms-eval
 metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples/<task>.jsonl``
 (what the report's paired bootstrap reads back) and lmms-eval's results JSON, plus the
-evaluation protocol and answer extractor as params ``eval_protocol``/``eval_answer_extractor``
-(and tags ``ireasoner.eval_protocol``/``ireasoner.eval_answer_extractor``).
+evaluation protocol, answer extractor and MathVista extractor as params ``eval_protocol``,
+``eval_answer_extractor``, ``eval_math_judge`` (and the same names as ``ireasoner.*`` tags).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
         client.log_artifact(run_id, str(result.results_path), EVAL_RESULTS_DIR)
     client.set_tag(run_id, "ireasoner.eval_tasks", ",".join(result.tasks))
     # Which protocol produced the numbers decides what they can be compared with (docs/evaluation.md).
-    for key, value in (("eval_protocol", result.protocol), ("eval_answer_extractor", result.answer_extractor)):
+    for key, value in (("eval_protocol", result.protocol), ("eval_answer_extractor", result.answer_extractor),
+                       ("eval_math_judge", result.math_judge)):
         client.log_param(run_id, key, value)
         client.set_tag(run_id, f"ireasoner.{key}", value)
     if result.adapter:

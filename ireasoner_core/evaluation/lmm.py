@@ -138,6 +138,7 @@ class IReasonerLMM(lmms):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         system_prompt: str = LMMS_EVAL_SYSTEM_PROMPT,
+        math_judge: str = "local",
         embedded_cache_dir: str | None = None,
         merge_adapter: bool = True,
         model_cfg: ModelConfig | None = None,
@@ -149,7 +150,7 @@ class IReasonerLMM(lmms):
             raise TypeError(
                 f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, protocol, "
                 "answer_extractor, batch_size, device, max_new_tokens, dtype, attn_implementation, min_pixels, "
-                "max_pixels, system_prompt, embedded_cache_dir, merge_adapter")
+                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter")
         if protocol not in PROTOCOLS:
             raise ValueError(f"ireasoner model_args: protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
@@ -157,6 +158,11 @@ class IReasonerLMM(lmms):
         if self.answer_extractor not in ANSWER_EXTRACTORS:
             raise ValueError(f"ireasoner model_args: answer_extractor must be one of {list(ANSWER_EXTRACTORS)}, "
                              f"got {self.answer_extractor!r}")
+        from .math_judge import install as install_math_judge
+
+        # Before lmms-eval builds the tasks (it creates the model first): MathVista's extractor.
+        install_math_judge(math_judge)
+        self.math_judge = math_judge
         # A wrong adapter path fails before minutes of model loading.
         self.adapter_path: Path | None = find_adapter_dir(adapter) if adapter else None
         lmms_eval_protocol = protocol == "lmms_eval"
@@ -263,7 +269,7 @@ class IReasonerLMM(lmms):
     @property
     def info(self) -> dict[str, Any]:
         """Protocol and answer extraction, recorded with every result."""
-        return {"protocol": self.protocol, "answer_extractor": self.answer_extractor,
+        return {"protocol": self.protocol, "answer_extractor": self.answer_extractor, "math_judge": self.math_judge,
                 "batch_size": self.batch_size, "dtype": self.dtype,
                 **({"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "system_prompt": self.system_prompt}
                    if self.protocol == "lmms_eval" else {"max_new_tokens": self.max_new_tokens})}

@@ -62,6 +62,8 @@ class EvalResult(BaseModel):
     """How the model was prompted and decoded (``lmm.py``: lmms_eval = lmms-eval's Qwen2.5-VL protocol)."""
     answer_extractor: str = "evolmm"
     """How the scored answer was cut from each generation (``lmm.extract_answer``)."""
+    math_judge: str = "local"
+    """MathVista's answer extraction: lmms-eval's rules without its LLM judge, or the judge (``math_judge.py``)."""
 
 
 def metric_name(name: str) -> str:
@@ -148,6 +150,7 @@ def run_evaluation(
     max_new_tokens: int | None = None,
     protocol: str = "lmms_eval",
     answer_extractor: str | None = None,
+    math_judge: str = "local",
 ) -> EvalResult:
     """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
 
@@ -164,11 +167,14 @@ def run_evaluation(
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be a positive number of items, got {limit}")
     output_dir = Path(output_dir)
+    from .math_judge import install as install_math_judge
+
+    install_math_judge(math_judge)   # before lmms-eval imports MathVista's module (check_tasks does)
     task_manager = _task_manager()
     check_tasks(tasks, task_manager)
     lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
                       device=device, max_new_tokens=max_new_tokens, protocol=protocol,
-                      answer_extractor=answer_extractor)
+                      answer_extractor=answer_extractor, math_judge=math_judge)
     results = simple_evaluate(
         model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
         bootstrap_iters=0,  # lmms-eval's own stderr; the reports bootstrap paired differences instead
@@ -176,7 +182,7 @@ def run_evaluation(
         verbosity="WARNING",
     )
     out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
-                     protocol=lm.protocol, answer_extractor=lm.answer_extractor)
+                     protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge)
     if results is None:  # a non-zero rank: rank 0 holds the gathered results
         out.is_main_process = False
         out.seconds = time.perf_counter() - started
