@@ -96,6 +96,9 @@ class EvaluationSpec(_Spec):
     tasks: list[str] = Field(default_factory=list,
                              description="lmms-eval task names; empty = no evaluation (table lists iterations only).")
     limit: int | None = Field(None, gt=0, description="Evaluate at most this many items per task (quick runs).")
+    protocol: Literal["lmms_eval", "solver"] = Field(
+        "lmms_eval", description="'lmms_eval' = lmms-eval's Qwen2.5-VL prompting (paper table 1); 'solver' = the "
+                                 "training prompt with reasoning (docs/evaluation.md).")
 
 
 class ResourcesSpec(_Spec):

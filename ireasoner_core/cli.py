@@ -5,6 +5,7 @@
     ireasoner build-embedded              # build (once) and cache the embedded tiny Qwen2.5-VL
     ireasoner make-images DIR -n 200      # synthetic unlabeled images with ground truth on the side
     ireasoner report --experiment ireasoner   # tables and figures from MLflow (ireasoner report --help)
+    ireasoner benchmarks fetch [TASK ...]     # download the table-1 datasets into the HF cache (needs network)
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def cmd_make_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmarks_fetch(args: argparse.Namespace) -> int:
+    from .evaluation.fetch import main as fetch_main
+
+    return fetch_main(args.tasks)
+
+
 def cmd_delegate(module: str, argv: list[str]) -> int:
     """Commands that need the tracking layer live outside ireasoner_core (no mlflow imports here)."""
     import importlib
@@ -105,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.set_defaults(fn=cmd_make_images)
     sub.add_parser("report", help="tables 1-3 and figures from MLflow (see: ireasoner report --help)")
+    bench = sub.add_parser("benchmarks", help="lmms-eval benchmark datasets")
+    bench_sub = bench.add_subparsers(dest="benchmarks_command", required=True)
+    fetch = bench_sub.add_parser("fetch", help="download benchmark datasets into the Hugging Face cache (needs network)")
+    fetch.add_argument("tasks", nargs="*", metavar="TASK",
+                       help="lmms-eval task names (default: the eight of paper table 1)")
+    fetch.set_defaults(fn=cmd_benchmarks_fetch)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

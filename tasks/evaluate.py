@@ -3,7 +3,9 @@
 On the variant's run (passed explicitly: MLflow's active run is thread-local and Prefect runs
 tasks in worker threads) it logs ``eval/<task>`` = headline score in 0-100, every lmms-eval
 metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples/<task>.jsonl``
-(what the report's paired bootstrap reads back) and lmms-eval's results JSON.
+(what the report's paired bootstrap reads back) and lmms-eval's results JSON, plus the
+evaluation protocol, answer extractor and MathVista extractor as params ``eval_protocol``,
+``eval_answer_extractor``, ``eval_math_judge`` (and the same names as ``ireasoner.*`` tags).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
     if result.results_path is not None and Path(result.results_path).is_file():
         client.log_artifact(run_id, str(result.results_path), EVAL_RESULTS_DIR)
     client.set_tag(run_id, "ireasoner.eval_tasks", ",".join(result.tasks))
+    # Which protocol produced the numbers decides what they can be compared with (docs/evaluation.md).
+    for key, value in (("eval_protocol", result.protocol), ("eval_answer_extractor", result.answer_extractor),
+                       ("eval_math_judge", result.math_judge)):
+        client.log_param(run_id, key, value)
+        client.set_tag(run_id, f"ireasoner.{key}", value)
     if result.adapter:
         client.set_tag(run_id, "ireasoner.eval_adapter", result.adapter)
     return dict(result.scores)
@@ -55,14 +62,16 @@ def _logger():
 @task(name="evaluate", task_run_name="evaluate-{mlflow_run_id}")
 def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list[str], output_dir: str,
                      mlflow_run_id: str, limit: int | None = None,
-                     tracking_uri: str | None = None) -> dict[str, float]:
+                     tracking_uri: str | None = None, protocol: str = "lmms_eval") -> dict[str, float]:
     """Run the lmms-eval tasks on base + ``adapter`` (None = the untrained baseline) and log them.
 
     ``tracking_uri`` None: ``MLFLOW_TRACKING_URI``, else the flow's store (``tasks.runs.tracking_uri``).
+    ``protocol``: lmms_eval (paper table 1, the default) or solver; see docs/evaluation.md.
     """
     log = _logger()
     cfg = ModelConfig.model_validate(model_cfg)
-    result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit)
+    result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit,
+                             protocol=protocol)
     if not result.is_main_process:
         return {}
     for note in result.notes:

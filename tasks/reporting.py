@@ -144,8 +144,10 @@ def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRu
         if rows and all(r.get("score") is not None for r in rows):
             items[task] = {str(r["doc_id"]): float(r["score"]) for r in rows}
     seed = run.data.tags.get(TAG_SEED, "0")
+    # Runs evaluated before the protocol was recorded used the Solver's prompt (then the only one).
+    protocol = run.data.params.get("eval_protocol", "solver")
     return VariantRun(run_id=run_id, variant=run.data.tags[TAG_VARIANT], seed=int(float(seed)),
-                      scores=scores, items=items)
+                      scores=scores, items=items, protocol=protocol)
 
 
 def read_history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:

@@ -90,17 +90,19 @@ def test_adapter_dir_is_found_one_level_down_and_a_wrong_path_is_named(adapter_d
 
 
 def test_trained_adapter_is_applied_at_evaluation(adapter_dir):
-    base = IReasonerLMM(pretrained="embedded", device="cpu", max_new_tokens=12, batch_size=3)
+    # protocol=solver in float32: merged and unmerged LoRA agree exactly (bfloat16 rounds the merge).
+    base = IReasonerLMM(pretrained="embedded", device="cpu", max_new_tokens=12, batch_size=3, protocol="solver")
     base_out = _generate(base)
     assert _generate(base) == base_out   # greedy: the base model repeats itself exactly
-    tuned = IReasonerLMM(pretrained="embedded", adapter=str(adapter_dir), device="cpu", max_new_tokens=12, batch_size=3)
+    tuned = IReasonerLMM(pretrained="embedded", adapter=str(adapter_dir), device="cpu", max_new_tokens=12, batch_size=3,
+                         protocol="solver")
     assert tuned.adapter_path == adapter_dir / "solver"
     tuned_out = _generate(tuned)
     assert tuned_out != base_out
     # merging the adapter into the weights (the default, for speed) answers as the LoRA layers do,
     # and it is the adapter that makes the difference: disabled, the base outputs come back
     unmerged = IReasonerLMM(pretrained="embedded", adapter=str(adapter_dir), device="cpu", max_new_tokens=12,
-                            batch_size=3, merge_adapter=False)
+                            batch_size=3, merge_adapter=False, protocol="solver")
     assert _generate(unmerged) == tuned_out
     with unmerged.model.disable_adapter():
         assert _generate(unmerged) == base_out
@@ -110,8 +112,11 @@ def test_model_args_win_over_the_cli_defaults_and_unknown_args_are_named():
     lm = IReasonerLMM.create_from_arg_string("pretrained=embedded,batch_size=5,max_new_tokens=7",
                                              {"batch_size": 1, "device": "cpu", "max_batch_size": None})
     assert (lm.batch_size, lm.max_new_tokens, lm.device.type) == (5, 7, "cpu")
-    with pytest.raises(TypeError, match="temperature"):
+    # lmms-eval's command line logs exceptions and exits 0; a SystemExit carries the message out.
+    with pytest.raises(SystemExit, match="temperature"):
         IReasonerLMM.create_from_arg_string("pretrained=embedded,temperature=0.5", {"device": "cpu"})
+    with pytest.raises(SystemExit, match="protocol must be one of"):
+        IReasonerLMM.create_from_arg_string("pretrained=embedded,protocol=cot", {"device": "cpu"})
 
 
 def _offline_env(tmp_path: Path) -> dict[str, str]:
@@ -123,15 +128,32 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_lmms_eval_command_line_runs_a_mini_task_with_an_adapter(adapter_dir, tmp_path):
+    """README's command: no protocol argument = lmms_eval; lmms-eval's --batch_size is the one used."""
+    import json
+
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "ireasoner",
-           "--model_args", f"pretrained=embedded,adapter={adapter_dir},batch_size=4,max_new_tokens=16",
+           "--model_args", f"pretrained=embedded,adapter={adapter_dir}",
            "--tasks", "ireasoner_chartqa_mini", "--include_path", str(tasks_include_path()),
-           "--limit", "4", "--device", "cpu"]
+           "--limit", "4", "--device", "cpu", "--batch_size", "3", "--output_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|ireasoner_chartqa_mini")]
     assert any("relaxed_overall" in line for line in table), proc.stdout[-3000:]
+    assert "batch_size: 3" in proc.stdout   # lmms-eval's printed header
     assert (tmp_path / "eval-cache").is_dir()   # the mini set was built on demand, locally
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*results*.json")]
+    assert [r["config"]["batch_sizes"] for r in results] == [["3 (protocol=lmms_eval, answer_extractor=evolmm)"]]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_lmms_eval_command_line_exits_non_zero_naming_a_missing_adapter(tmp_path):
+    missing = tmp_path / "nope"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "ireasoner", "--model_args", f"pretrained=embedded,adapter={missing}",
+           "--tasks", "ireasoner_ai2d_mini", "--include_path", str(tasks_include_path()), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_offline_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode != 0
+    assert f"adapter: path not found: {missing}" in proc.stderr
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def test_unknown_and_unreachable_tasks_are_errors_naming_the_task(no_network, ta
     with pytest.raises(EvaluationError, match="more than once"):
         check_tasks(["ireasoner_ai2d_mini", "ireasoner_ai2d_mini"], task_manager)
     # a table-1 benchmark whose dataset is not on this machine and cannot be fetched
-    with pytest.raises(BenchmarkUnavailableError, match="benchmark 'mathverse_testmini'"):
+    with pytest.raises(BenchmarkUnavailableError, match="`ireasoner benchmarks fetch mathverse_testmini`"):
         check_tasks(["mathverse_testmini"], task_manager)
 
 

@@ -99,6 +99,28 @@ def test_paper_reference_rows_only_for_real_benchmarks_and_unranked():
     assert t.cell("full", "chartqa").rank == 1
 
 
+def test_tables_name_their_protocol_and_show_paper_rows_only_beside_lmms_eval_runs():
+    def runs(protocol):
+        return [VariantRun(variant="baseline", scores={"chartqa": 10.0}, protocol=protocol),
+                VariantRun(variant="full", scores={"chartqa": 12.0}, protocol=protocol)]
+
+    paper = build_table("table1", "t", runs("lmms_eval"), ["baseline", "full"], reference_rows=True)
+    assert paper.protocols == ["lmms_eval"] and paper.cell(PAPER_BASELINE, "chartqa").mean == 84.00
+    assert "Evaluation protocol: lmms_eval" in paper.to_markdown()
+    assert {r["protocol"] for r in paper.records() if not r["reference"]} == {"lmms_eval"}
+
+    solver = build_table("table1", "t", runs("solver"), ["baseline", "full"], reference_rows=True)
+    assert solver.cell(PAPER_BASELINE, "chartqa") is None and PAPER_BASELINE not in solver.methods
+    md = solver.to_markdown()
+    assert "Evaluation protocol: solver" in md and "paper rows not shown" in md and "84.00" not in md
+    assert {r["protocol"] for r in solver.records()} == {"solver"}
+
+    mixed = build_table("table1", "t", runs("solver")[:1] + runs("lmms_eval")[1:], ["baseline", "full"],
+                        reference_rows=True)
+    assert mixed.cell(PAPER_BASELINE, "chartqa") is None
+    assert mixed.protocols == ["lmms_eval", "solver"] and any("not comparable" in n for n in mixed.notes)
+
+
 def test_paper_tables_split_methods_ablations_and_step_budgets():
     runs = RUNS + [_run("max_steps_4", 0, [0, 0, 0, 100], [0, 0, 0, 0]), _run("no_warmup", 0, [0] * 4, [0] * 4)]
     tables = {t.name: t for t in paper_tables(runs, n_resamples=200)}

@@ -1,20 +1,27 @@
 """The ``ireasoner`` model for lmms-eval: a Qwen2.5-VL backbone with an optional Solver LoRA
-adapter, prompted exactly as the Solver is during training.
+adapter, under one of two prompting protocols (``protocol=`` model argument, recorded with every
+result):
 
-Choices that differ from lmms-eval's own Qwen2.5-VL model, and why:
-
-* Prompt: the task's question text goes through ``prompts.solver_messages`` and the processor's
-  chat template, as in training, so the Solver is asked to reason in ``<think>`` and answer in
-  ``<answer>``. What lmms-eval scores is the text of the answer tag (``parse_rollout``'s
-  ``raw_answer``, un-normalised so that relaxed accuracy sees numbers as written); the whole
-  generation is kept in ``self.generations`` for the per-sample logs.
-* Length: the task's ``max_new_tokens`` (often 16, meant for direct answers) would cut the
-  reasoning before the answer, so this model's own ``max_new_tokens`` replaces it: 96 for the
-  embedded default (its warm-started traces are short and CPU time is the budget), 512 otherwise.
-  Generation stops at ``</answer>`` or the end-of-turn token; the task's ``until`` strings are
-  not applied, since a blank line inside the reasoning is not the end of the answer.
-* Decoding is greedy unless the task asks for a temperature; batches are sorted by prompt length
-  to keep padding small.
+``lmms_eval`` (default; what paper table 1 uses)
+    lmms-eval 0.7's own ``qwen2_5_vl`` simple model, step for step: system prompt "You are a
+    helpful assistant.", the task's prompt text unchanged, images first as JPEG data URLs resized
+    by ``qwen_vl_utils`` between ``min_pixels``/``max_pixels`` (lmms-eval's defaults), bfloat16
+    weights, requests sorted and batched by lmms-eval's ``Collator`` (left padding when
+    batch_size > 1), the task's ``max_new_tokens``/``temperature``/``top_p``/``num_beams`` and its
+    ``until`` strings except "\n\n", decoding with ``skip_special_tokens``. Two additions: the
+    adapter (peft, merged into the weights), and EvoLMM's answer extraction (``answer_extractor``,
+    ``evolmm``: the text of ``<answer>`` or ``\boxed{}`` when the output has one, else the whole
+    output). One deliberate difference: each request's images come from its own task (lmms-eval's
+    model takes every request of a batch from the first request's task, which mixes up images when
+    two tasks with equal generation settings run together).
+``solver``
+    The training prompt (``prompts.solver_messages``: reason in ``<think>``, answer in
+    ``<answer>``); the task's post prompt is kept as part of the question. The task's
+    ``max_new_tokens`` (often 16, meant for direct answers) would cut the reasoning, so the model's
+    own ``max_new_tokens`` replaces it (96 for the embedded default, 512 otherwise); generation
+    stops at ``</answer>`` or the end of the turn (the task's ``until`` is not applied). What
+    lmms-eval scores is the text of the answer tag (``answer_extractor=solver``); greedy unless the
+    task asks for a temperature.
 
 Runs on CPU, CUDA and ROCm (``device``), as one process or one per device under
 ``accelerate launch`` (lmms-eval shards the documents by rank; each process holds a full copy).
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lmms_eval.api.instance import Instance
@@ -43,6 +50,19 @@ ANSWER_STOP = "</answer>"
 # lmms-eval prompts may carry image placeholders for models that interleave; ours puts images first.
 _IMAGE_PLACEHOLDER = re.compile(r"<image(?:\s*\d+)?>")
 _STEP_BUDGET = 10  # steps are not scored here; parse_rollout needs a bound
+
+Protocol = Literal["lmms_eval", "solver"]
+PROTOCOLS: tuple[str, ...] = ("lmms_eval", "solver")
+ANSWER_EXTRACTORS: tuple[str, ...] = ("evolmm", "solver", "none")
+DEFAULT_EXTRACTOR = {"lmms_eval": "evolmm", "solver": "solver"}
+# lmms-eval 0.7.3 qwen2_5_vl defaults (models/simple/qwen2_5_vl.py).
+LMMS_EVAL_SYSTEM_PROMPT = "You are a helpful assistant."
+LMMS_EVAL_MIN_PIXELS = 256 * 28 * 28
+LMMS_EVAL_MAX_PIXELS = 1605632
+LMMS_EVAL_DTYPE = "bfloat16"
+LMMS_EVAL_MAX_NEW_TOKENS = 32768   # when the task gives none
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BOXED = "\\boxed{"
 
 
 class AdapterError(ValueError):
@@ -68,13 +88,39 @@ def find_adapter_dir(path: str | Path) -> Path:
     raise AdapterError(f"adapter: {p} holds no adapter_config.json (expected a peft adapter saved with save_pretrained)")
 
 
+def _last_boxed(text: str) -> str | None:
+    # Braces nest inside \boxed{...} (\frac{1}{2}), so the closing one is found by counting.
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def extract_answer(text: str, extractor: str = "evolmm") -> str:
+    """The answer lmms-eval scores: EvoLMM's rule (last ``<answer>``, else last ``\\boxed{}``, else all)."""
+    if extractor == "none":
+        return text
+    if extractor == "solver":
+        return parse_rollout(text, _STEP_BUDGET).raw_answer
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        return tags[-1].strip()
+    boxed = _last_boxed(text)
+    return boxed.strip() if boxed is not None else text
+
+
 def default_device() -> str:
     # ROCm builds of torch report their GPUs through the cuda API as well.
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class IReasonerLMM(lmms):
-    """lmms-eval model ``ireasoner``: Qwen2.5-VL (+ Solver LoRA) with the training prompt."""
+    """lmms-eval model ``ireasoner``: Qwen2.5-VL (+ Solver LoRA) under lmms-eval's or the Solver's protocol."""
 
     is_simple = True
 
@@ -82,12 +128,17 @@ class IReasonerLMM(lmms):
         self,
         pretrained: str = EMBEDDED_MODEL,
         adapter: str | None = None,
+        protocol: str = "lmms_eval",
+        answer_extractor: str | None = None,
         batch_size: int | str | None = None,
         device: str | None = None,
         max_new_tokens: int | None = None,
-        dtype: str = "auto",
-        attn_implementation: str = "sdpa",
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        min_pixels: int | None = None,
         max_pixels: int | None = None,
+        system_prompt: str = LMMS_EVAL_SYSTEM_PROMPT,
+        math_judge: str = "local",
         embedded_cache_dir: str | None = None,
         merge_adapter: bool = True,
         model_cfg: ModelConfig | None = None,
@@ -97,12 +148,31 @@ class IReasonerLMM(lmms):
         super().__init__()
         if unknown:
             raise TypeError(
-                f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, batch_size, "
-                "device, max_new_tokens, dtype, attn_implementation, max_pixels, embedded_cache_dir, merge_adapter")
+                f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, protocol, "
+                "answer_extractor, batch_size, device, max_new_tokens, dtype, attn_implementation, min_pixels, "
+                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"ireasoner model_args: protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
+        self.answer_extractor = answer_extractor or DEFAULT_EXTRACTOR[protocol]
+        if self.answer_extractor not in ANSWER_EXTRACTORS:
+            raise ValueError(f"ireasoner model_args: answer_extractor must be one of {list(ANSWER_EXTRACTORS)}, "
+                             f"got {self.answer_extractor!r}")
+        from .math_judge import install as install_math_judge
+
+        # Before lmms-eval builds the tasks (it creates the model first): MathVista's extractor.
+        install_math_judge(math_judge)
+        self.math_judge = math_judge
+        # A wrong adapter path fails before minutes of model loading.
+        self.adapter_path: Path | None = find_adapter_dir(adapter) if adapter else None
+        lmms_eval_protocol = protocol == "lmms_eval"
         if model_cfg is None:
-            fields: dict[str, Any] = {"name_or_path": str(pretrained), "dtype": dtype,
-                                      "attn_implementation": attn_implementation}
-            if max_pixels is not None:
+            fields: dict[str, Any] = {"name_or_path": str(pretrained)}
+            if dtype or not lmms_eval_protocol:
+                fields["dtype"] = dtype or "auto"
+            if attn_implementation:
+                fields["attn_implementation"] = attn_implementation
+            if max_pixels is not None and not lmms_eval_protocol:
                 fields["max_image_pixels"] = int(max_pixels)
             if embedded_cache_dir:
                 fields["embedded_cache_dir"] = Path(embedded_cache_dir)
@@ -120,14 +190,15 @@ class IReasonerLMM(lmms):
             self._device = torch.device(device or default_device())
         self.accelerator = accelerator
 
-        from ..model import load_backbone
+        from ..model import load_backbone, resolve_dtype, resolve_model_path
 
-        model, self.processor = load_backbone(model_cfg, device=self._device)
-        self.adapter_path: Path | None = None
-        if adapter:
+        # lmms-eval's qwen2_5_vl always loads bfloat16; an explicit dtype argument still wins.
+        load_dtype = resolve_dtype(dtype or (LMMS_EVAL_DTYPE if lmms_eval_protocol else model_cfg.dtype), self._device)
+        model, self.processor = load_backbone(model_cfg, device=self._device, dtype=load_dtype)
+        self.dtype = str(load_dtype).removeprefix("torch.")
+        if self.adapter_path is not None:
             from peft import PeftModel
 
-            self.adapter_path = find_adapter_dir(adapter)
             model = PeftModel.from_pretrained(model, str(self.adapter_path), adapter_name="solver", is_trainable=False)
             if merge_adapter:
                 # W + BA folded into W once: generation then runs at the base model's speed (unmerged
@@ -136,14 +207,29 @@ class IReasonerLMM(lmms):
             model.eval()
         self._model = model
         self.tokenizer = self.processor.tokenizer
+        self.system_prompt = system_prompt
+        self.min_pixels = int(min_pixels) if min_pixels is not None else LMMS_EVAL_MIN_PIXELS
+        self.max_pixels = int(max_pixels) if max_pixels is not None else LMMS_EVAL_MAX_PIXELS
+        if lmms_eval_protocol:
+            from transformers import AutoProcessor, AutoTokenizer
+
+            # As lmms-eval builds them: the checkpoint's processor with the pixel limits given to it,
+            # and the tokenizer as saved (its eos and pad ids are what generate() is given).
+            source = resolve_model_path(model_cfg)
+            self.processor = AutoProcessor.from_pretrained(source, max_pixels=self.max_pixels,
+                                                           min_pixels=self.min_pixels)
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
 
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
             batch_size = EMBEDDED_BATCH_SIZE if embedded else DEFAULT_BATCH_SIZE
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"ireasoner model_args: batch_size must be >= 1, got {batch_size}")
-        default_len = EMBEDDED_MAX_NEW_TOKENS if embedded else DEFAULT_MAX_NEW_TOKENS
-        self.max_new_tokens = int(max_new_tokens) if max_new_tokens else default_len
+        if lmms_eval_protocol:
+            self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None   # None: the task's
+        else:
+            default_len = EMBEDDED_MAX_NEW_TOKENS if embedded else DEFAULT_MAX_NEW_TOKENS
+            self.max_new_tokens = int(max_new_tokens) if max_new_tokens else default_len
 
         cfg = getattr(model, "config", None)
         # Same suppression as the training rollouts: vision placeholders are never valid output.
@@ -155,12 +241,38 @@ class IReasonerLMM(lmms):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> IReasonerLMM:
-        """model_args win over the CLI's ``--batch_size``/``--device`` (its batch_size defaults to 1)."""
+        """model_args win over the CLI's ``--batch_size``/``--device`` (its batch_size defaults to 1).
+
+        A bad model argument (adapter or model path, protocol, unknown name) ends the process with
+        status 1 and the message: lmms-eval's command line otherwise logs any error and exits 0.
+        """
         from lmms_eval import utils
+
+        from ..model import ModelLoadError
 
         args = utils.simple_parse_args_string(arg_string)
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
-        return cls(**args, **extra)
+        try:
+            return cls(**args, **extra)
+        except (AdapterError, ModelLoadError, TypeError, ValueError) as err:
+            raise SystemExit(f"ireasoner: {err}") from err
+
+    @property
+    def batch_sizes(self) -> dict[str, str]:
+        """What lmms-eval writes as ``config.batch_sizes`` in its results JSON.
+
+        lmms-eval 0.7 records nothing else about the model object, so this is where its results
+        JSON gets the batch size actually used, the protocol and the answer extractor.
+        """
+        return {"ireasoner": f"{self.batch_size} (protocol={self.protocol}, answer_extractor={self.answer_extractor})"}
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Protocol and answer extraction, recorded with every result."""
+        return {"protocol": self.protocol, "answer_extractor": self.answer_extractor, "math_judge": self.math_judge,
+                "batch_size": self.batch_size, "dtype": self.dtype,
+                **({"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "system_prompt": self.system_prompt}
+                   if self.protocol == "lmms_eval" else {"max_new_tokens": self.max_new_tokens})}
 
     # lmms-eval reads these
     @property
@@ -180,25 +292,92 @@ class IReasonerLMM(lmms):
                 ids.append(tid)
         return [i for i in ids if i is not None]
 
-    # ----------------------------------------------------------------------------- prompting
-    def _prompt(self, context: str, n_images: int) -> str:
+    def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list[Image.Image]:
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+        images = [v for v in visuals if isinstance(v, Image.Image)]
+        if len(images) != len(visuals):
+            raise ValueError(f"task {task}: doc {doc_id} has non-image visuals (video/audio), which the ireasoner "
+                             "model does not handle")
+        return images
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """Generations for the requests, each reduced to its answer by ``answer_extractor``."""
+        if self.protocol == "lmms_eval":
+            return self._generate_until_lmms_eval(requests)
+        return self._generate_until_solver(requests)
+
+    # ------------------------------------------------------------------ protocol=lmms_eval
+    def _lmms_eval_messages(self, context: str, images: list[Image.Image]) -> list[dict]:
+        from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
+
+        # lmms-eval round-trips every image through JPEG (quality 85) before qwen_vl_utils resizes it.
+        content = [{"type": "image", "min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+                    "image": encode_image_to_data_url(im, image_format="JPEG", mime_type="image/jpeg",
+                                                      convert_rgb=True, quality=85)} for im in images]
+        text = context.replace("<image>", "")
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": content + [{"type": "text", "text": text}]}]
+
+    @torch.no_grad()
+    def _generate_until_lmms_eval(self, requests: list[Instance]) -> list[str]:
+        from lmms_eval import utils
+        from qwen_vl_utils import process_vision_info
+        from tqdm import tqdm
+
+        def by_length(args):  # lmms-eval's order: longest prompt first, then the prompt text
+            return -len(self.tokenizer.encode(args[0])), args[0]
+
+        reorder = utils.Collator([r.args for r in requests], by_length, grouping=True)
+        answers: list[str] = []
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="ireasoner generating")
+        for chunk in reorder.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
+            gen_kwargs = dict(all_gen_kwargs[0] or {})
+            until = gen_kwargs.get("until", [self.tokenizer.decode(self.tokenizer.eos_token_id)])
+            until = [until] if isinstance(until, str) else list(until)
+            # lmms-eval drops "\n\n" (the default stop) for Qwen2.5-VL: it truncated answers.
+            until = [u for u in until if u and u != "\n\n"]
+            messages = [self._lmms_eval_messages(c, self._visuals(v, t, s, d))
+                        for c, v, t, s, d in zip(contexts, doc_to_visual, tasks, splits, doc_ids)]
+            texts = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            images, videos = process_vision_info(messages)
+            inputs = self.processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt",
+                                    padding_side="left" if self.batch_size > 1 else "right").to(self._device)
+            settings = {"max_new_tokens": LMMS_EVAL_MAX_NEW_TOKENS, "temperature": 0.0, "top_p": None, "num_beams": 1,
+                        **gen_kwargs}
+            if self.max_new_tokens:
+                settings["max_new_tokens"] = self.max_new_tokens
+            sample = settings["temperature"] > 0
+            out = self._model.generate(
+                **inputs, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                do_sample=sample, temperature=settings["temperature"] if sample else None,
+                top_p=settings["top_p"] if sample else None, num_beams=settings["num_beams"],
+                max_new_tokens=settings["max_new_tokens"], use_cache=True,
+            )
+            completions = self.processor.batch_decode([o[len(i):] for i, o in zip(inputs["input_ids"], out)],
+                                                      skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            for text, context, task, doc_id in zip(completions, contexts, tasks, doc_ids):
+                for stop in until:
+                    text = text.split(stop)[0]
+                self.generations[(task, int(doc_id))] = text
+                answer = extract_answer(text, self.answer_extractor)
+                answers.append(answer)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
+            bar.update(len(chunk))
+        bar.close()
+        return reorder.get_original(answers)
+
+    # ------------------------------------------------------------------ protocol=solver
+    def _solver_prompt(self, context: str, n_images: int) -> str:
         question = _IMAGE_PLACEHOLDER.sub("", context).strip()
         messages = solver_messages(question)
         content = [c for c in messages[0]["content"] if c.get("type") != "image"]
         messages[0]["content"] = [{"type": "image"} for _ in range(n_images)] + content
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list[Image.Image]:
-        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-        images = [v.convert("RGB") for v in visuals if isinstance(v, Image.Image)]
-        if len(images) != len(visuals):
-            raise ValueError(f"task {task}: doc {doc_id} has non-image visuals (video/audio), which the ireasoner "
-                             "model does not handle")
-        return images
-
     @torch.no_grad()
-    def _generate(self, prompts: list[str], images: list[list[Image.Image]], gen_kwargs: dict) -> list[str]:
-        flat = [im for ims in images for im in ims]
+    def _solver_generate(self, prompts: list[str], images: list[list[Image.Image]], gen_kwargs: dict) -> list[str]:
+        flat = [im.convert("RGB") for ims in images for im in ims]
         enc = self.processor(text=prompts, images=flat or None, padding=True, return_tensors="pt")
         enc = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
         temperature = float(gen_kwargs.get("temperature") or 0.0)
@@ -213,15 +392,14 @@ class IReasonerLMM(lmms):
         completion = out[:, enc["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(completion, skip_special_tokens=True)
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Solver generations for the requests, answered with the text inside ``<answer>``."""
+    def _generate_until_solver(self, requests: list[Instance]) -> list[str]:
         from tqdm import tqdm
 
         prepared = []
         for idx, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             images = self._visuals(doc_to_visual, task, split, doc_id)
-            prompt = self._prompt(context, len(images))
+            prompt = self._solver_prompt(context, len(images))
             key = (float((gen_kwargs or {}).get("temperature") or 0.0), float((gen_kwargs or {}).get("top_p") or 1.0))
             prepared.append((idx, prompt, images, gen_kwargs or {}, key, task, doc_id))
         # Same decoding settings per batch; within them, similar prompt lengths (less padding).
@@ -234,10 +412,10 @@ class IReasonerLMM(lmms):
             while (start + len(batch) < len(prepared) and len(batch) < self.batch_size
                    and prepared[start + len(batch)][4] == batch[0][4]):
                 batch.append(prepared[start + len(batch)])
-            texts = self._generate([p[1] for p in batch], [p[2] for p in batch], batch[0][3])
+            texts = self._solver_generate([p[1] for p in batch], [p[2] for p in batch], batch[0][3])
             for p, text in zip(batch, texts):
                 self.generations[(p[5], int(p[6]))] = text
-                answers[p[0]] = parse_rollout(text, _STEP_BUDGET).raw_answer
+                answers[p[0]] = extract_answer(text, self.answer_extractor)
             bar.update(len(batch))
             start += len(batch)
         bar.close()

@@ -39,6 +39,9 @@ class BenchmarkUnavailableError(EvaluationError):
     """A benchmark's dataset could not be loaded (no network, no local copy, gated dataset)."""
 
 
+FETCH_COMMAND = "ireasoner benchmarks fetch"
+
+
 class EvalResult(BaseModel):
     """Scores of one model on a list of tasks (the contract between evaluation and reporting)."""
 
@@ -55,6 +58,12 @@ class EvalResult(BaseModel):
     is_main_process: bool = True
     """False on the non-zero ranks of an ``accelerate launch`` (lmms-eval gathers results on rank 0)."""
     notes: list[str] = Field(default_factory=list)
+    protocol: str = "lmms_eval"
+    """How the model was prompted and decoded (``lmm.py``: lmms_eval = lmms-eval's Qwen2.5-VL protocol)."""
+    answer_extractor: str = "evolmm"
+    """How the scored answer was cut from each generation (``lmm.extract_answer``)."""
+    math_judge: str = "local"
+    """MathVista's answer extraction: lmms-eval's rules without its LLM judge, or the judge (``math_judge.py``)."""
 
 
 def metric_name(name: str) -> str:
@@ -104,6 +113,7 @@ def check_tasks(tasks: list[str], task_manager) -> None:
             raise EvaluationError(
                 f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
                 "`python -m lmms_eval --tasks list` prints the rest)")
+    missing: dict[str, str] = {}
     for task in tasks:
         if task in MINI_TASKS:
             ensure_mini_dataset(task)
@@ -111,11 +121,20 @@ def check_tasks(tasks: list[str], task_manager) -> None:
         try:
             get_task_dict([task], task_manager)
         except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
-            raise BenchmarkUnavailableError(
-                f"benchmark {task!r}: its dataset could not be loaded ({type(err).__name__}: {err}). "
-                "Run where the Hugging Face hub is reachable, or pre-populate the datasets cache "
-                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})."
-            ) from err
+            missing[task] = f"{type(err).__name__}: {err}"
+    if missing:
+        # Every missing benchmark at once, so one fetch command fixes the worker. MathVista's and
+        # MathVerse's lmms-eval modules build their LLM judge's client when imported, so without its
+        # API key they fail before their dataset is even looked for: fetch them too, and say so.
+        judged = [t for t, c in missing.items() if "api_key" in c.lower() or "OpenAIError" in c]
+        judge = (f" {', '.join(judged)}: lmms-eval scores them with an LLM judge whose API is not configured "
+                 "(OPENAI_API_KEY, or API_TYPE=azure with AZURE_API_KEY; docs/evaluation.md)." if judged else "")
+        causes = "; ".join(f"{t}: {cause[:300]}" for t, cause in missing.items())
+        raise BenchmarkUnavailableError(
+            f"benchmark dataset(s) not in the Hugging Face cache and not downloadable here: {', '.join(missing)}. "
+            f"Fetch them once on a machine with network, into the cache this worker reads (HF_HOME): "
+            f"`{FETCH_COMMAND} {' '.join(missing)}`.{judge} "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}; causes: {causes})")
 
 
 def run_evaluation(
@@ -129,11 +148,15 @@ def run_evaluation(
     seed: int = 0,
     device: str | None = None,
     max_new_tokens: int | None = None,
+    protocol: str = "lmms_eval",
+    answer_extractor: str | None = None,
+    math_judge: str = "local",
 ) -> EvalResult:
     """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
 
-    ``batch_size``/``max_new_tokens`` None: the plugin's defaults (64 / 96 tokens for the embedded
-    model, 8 / 512 otherwise).
+    ``batch_size`` None: the plugin's default (64 for the embedded model, 8 otherwise);
+    ``max_new_tokens`` None: the task's (protocol lmms_eval) or the plugin's (solver: 96 / 512).
+    ``protocol``/``answer_extractor``: see ``lmm.py``; both are recorded in the result and results JSON.
     """
     from lmms_eval.evaluator import simple_evaluate
 
@@ -144,17 +167,22 @@ def run_evaluation(
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be a positive number of items, got {limit}")
     output_dir = Path(output_dir)
+    from .math_judge import install as install_math_judge
+
+    install_math_judge(math_judge)   # before lmms-eval imports MathVista's module (check_tasks does)
     task_manager = _task_manager()
     check_tasks(tasks, task_manager)
     lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
-                      device=device, max_new_tokens=max_new_tokens)
+                      device=device, max_new_tokens=max_new_tokens, protocol=protocol,
+                      answer_extractor=answer_extractor, math_judge=math_judge)
     results = simple_evaluate(
         model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
         bootstrap_iters=0,  # lmms-eval's own stderr; the reports bootstrap paired differences instead
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         verbosity="WARNING",
     )
-    out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks)
+    out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
+                     protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge)
     if results is None:  # a non-zero rank: rank 0 holds the gathered results
         out.is_main_process = False
         out.seconds = time.perf_counter() - started
@@ -164,6 +192,7 @@ def run_evaluation(
         _collect(task, results, lm.generations, output_dir, out)
     out.results_path = output_dir / "results.json"
     summary = {k: v for k, v in results.items() if k != "samples"}
+    summary["ireasoner"] = lm.info   # protocol and answer extractor beside lmms-eval's own config
     out.results_path.write_text(json.dumps(summary, indent=2, default=str))
     out.seconds = time.perf_counter() - started
     return out

@@ -32,6 +32,11 @@ METHOD_LABELS = {
 }
 PAPER_BASELINE = "paper: Qwen2.5-VL-7B"
 PAPER_IREASONER = "paper: iReasoner"
+PAPER_PROTOCOL = "lmms_eval"   # the paper evaluates with lmms-eval's Qwen2.5-VL protocol (docs/evaluation.md)
+PROTOCOL_CAPTIONS = {
+    "lmms_eval": "lmms_eval (lmms-eval's own Qwen2.5-VL prompting and decoding, as the paper's table 1)",
+    "solver": "solver (the Solver's training prompt with reasoning; not comparable with the paper's numbers)",
+}
 
 
 class VariantRun(BaseModel):
@@ -43,6 +48,8 @@ class VariantRun(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict, description="task -> headline score, 0-100")
     items: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="task -> doc_id -> per-item score on the headline's 0-100 scale")
+    protocol: str = PAPER_PROTOCOL
+    """Evaluation protocol that produced ``scores`` (``lmm.py``)."""
 
 
 class Cell(BaseModel):
@@ -63,6 +70,8 @@ class Cell(BaseModel):
     ci_high: float | None = None
     n_items: int | None = None
     reference: bool = False
+    protocol: str = PAPER_PROTOCOL
+    """Evaluation protocol of the row's runs (the paper's for reference rows)."""
 
 
 class Table(BaseModel):
@@ -72,6 +81,8 @@ class Table(BaseModel):
     benchmarks: list[str]
     cells: list[Cell]
     notes: list[str] = Field(default_factory=list)
+    protocols: list[str] = Field(default_factory=list)
+    """Evaluation protocols of the table's runs; reference rows appear only beside the paper's."""
 
     def cell(self, method: str, benchmark: str) -> Cell | None:
         for c in self.cells:
@@ -92,7 +103,9 @@ class Table(BaseModel):
 
     def to_markdown(self) -> str:
         headers = ["method", "seeds", *(_col_label(b) for b in self.benchmarks)]
-        lines = [f"### {self.title}", "", "| " + " | ".join(headers) + " |",
+        caption = ", ".join(PROTOCOL_CAPTIONS.get(p, p) for p in self.protocols) or "—"
+        lines = [f"### {self.title}", "", f"Evaluation protocol: {caption}.", "",
+                 "| " + " | ".join(headers) + " |",
                  "|" + "|".join(["---"] * 2 + ["---:"] * len(self.benchmarks)) + "|"]
         for m in self.methods:
             cells = [self.cell(m, b) for b in self.benchmarks]
@@ -175,21 +188,34 @@ def build_table(
     tasks = list(tasks)
     baseline_runs = by_variant.get(BASELINE, [])
 
+    protocols = sorted({r.protocol for _, rs in rows for r in rs})
+    if len(protocols) > 1:
+        notes.append(f"runs of different evaluation protocols ({', '.join(protocols)}) are in this table; "
+                     "their scores are not comparable with each other.")
     cells: list[Cell] = []
     for m, rs in rows:
+        row_protocol = ",".join(sorted({r.protocol for r in rs}))
         for t in tasks:
             cells.append(_cell(name, m, t, rs, baseline_runs, n_resamples, seed))
         cells.append(_average_cell(name, m, tasks, rs, baseline_runs))
+        for c in cells[-(len(tasks) + 1):]:
+            c.protocol = row_protocol
     benchmarks = [*tasks, AVERAGE]
     _mark_best(cells, benchmarks)
     methods_out = [m for m, _ in rows]
+    if reference_rows and protocols and protocols != [PAPER_PROTOCOL]:
+        # The paper's numbers are lmms-eval's protocol; beside other protocols they would mislead.
+        notes.append(f"paper rows not shown: they were measured with protocol {PAPER_PROTOCOL}, these runs with "
+                     f"{', '.join(protocols)}.")
+        reference_rows = False
     if reference_rows:
         ref = _reference_cells(name, benchmarks)
         if ref:
             cells.extend(ref)
             methods_out.extend([PAPER_BASELINE, PAPER_IREASONER])
             notes.append("paper rows: published Qwen2.5-VL-7B numbers (SPEC.md); they are not ranked.")
-    return Table(name=name, title=title, methods=methods_out, benchmarks=benchmarks, cells=cells, notes=notes)
+    return Table(name=name, title=title, methods=methods_out, benchmarks=benchmarks, cells=cells, notes=notes,
+                 protocols=protocols)
 
 
 def _cell(table: str, method: str, task: str, runs: list[VariantRun], baseline_runs: list[VariantRun],
