@@ -272,7 +272,7 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
     for plan in plans:
         done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
                                                        plan.config_hash, data_hash, source, eval_tasks,
-                                                       spec.evaluation.limit)
+                                                       spec.evaluation.limit, spec.evaluation.protocol)
         if done is not None:
             reused[plan.key] = done.info.run_id
             o = _outcome_from_run(done, eval_tasks)

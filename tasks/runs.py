@@ -137,9 +137,11 @@ def eval_limit_tag(limit: int | None) -> str:
 
 def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str, seed: int,
                           config_hash: str, data_hash: str, source_hash: str,
-                          eval_tasks: Sequence[str] = (), eval_limit: int | None = None) -> Any | None:
+                          eval_tasks: Sequence[str] = (), eval_limit: int | None = None,
+                          eval_protocol: str | None = None) -> Any | None:
     """The newest child run that finished with the same variant, seed, config, data and source, and
-    that has a score for every benchmark the new sweep asks for, measured on as many items: a skip.
+    that has a score for every benchmark the new sweep asks for, measured on as many items with the
+    same evaluation protocol: a skip.
 
     A run trained by a sweep without evaluation (or with other benchmarks, or a smaller limit) is
     not re-used: the variant runs again, resuming from its finished checkpoint, and is evaluated.
@@ -154,6 +156,9 @@ def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str
            f"and tags.`{TAG_STATUS}` = 'finished' and attributes.status = 'FINISHED'")
     if eval_tasks:
         flt += f" and tags.`{TAG_EVAL_LIMIT}` = '{eval_limit_tag(eval_limit)}'"
+        if eval_protocol is not None:
+            # A score under the Solver's prompt is not a table-1 score under lmms-eval's, and vice versa.
+            flt += f" and tags.`ireasoner.eval_protocol` = '{q(eval_protocol)}'"
     runs = client.search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
                               max_results=100)
     wanted = {metric_name(EVAL_PREFIX + t) for t in eval_tasks}

@@ -136,6 +136,10 @@ def test_skip_lookup_needs_every_requested_benchmark_on_as_many_items(client):
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2).info.run_id == evaluated
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], None) is None  # all items
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini"], 2) is None
+    # Scores under one protocol are not re-used for a sweep that asks for the other.
+    client.set_tag(evaluated, "ireasoner.eval_protocol", "solver")
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2, "solver").info.run_id == evaluated
+    assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2, "lmms_eval") is None
 
 
 def test_system_metrics_go_to_the_sweeps_store_not_the_working_directory(tmp_path, monkeypatch):
