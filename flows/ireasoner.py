@@ -10,7 +10,8 @@ Order of work, and why:
 2. The pool is sampled once (cached on disk by a hash of sources, size and seed); its manifest
    hash is the data identity of every child run.
 3. Variants whose child run already finished with the same config, data and code hashes, and
-   has scores for every benchmark of this spec on as many items, are skipped and their run is
+   has scores for every benchmark of this spec on as many items with the same evaluation
+   protocol, are skipped and their run is
    re-used in this sweep's tables (``force=True`` retrains them from scratch); a finished
    variant lacking some scores runs again, resuming from its final checkpoint, and is
    evaluated. The others run concurrently as Prefect tasks (``dispatch='local'``) or as flow
