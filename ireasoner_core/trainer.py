@@ -249,15 +249,20 @@ class Trainer:
         return self.acc.reduce(torch.tensor([value], dtype=torch.float64, device=self.acc.device), "mean").item()
 
     def _step(self, role: str, batches: list[RolloutBatch], advantages: list[float],
-              images_feat, ref_feat) -> tuple[float, float, float]:
-        """Eq. 7 for the given rollouts, one optimiser step; returns (loss, mean token KL, grad norm)."""
+              images_feat, ref_feat, images=None) -> tuple[float, float, float]:
+        """Eq. 7 for the given rollouts, one optimiser step; returns (loss, mean token KL, grad norm).
+
+        ``images_feat=None`` (lora.train_vision): each forward recomputes the image features from
+        ``images`` under this role's adapter, so every backward has its own graph.
+        """
         opt, st, kcfg = self.opt[role], self.state[role], self.cfg.kl
         opt.zero_grad(set_to_none=True)
         total = sum(b.sequences.shape[0] for b in batches)
-        loss_sum, kl_sum, k = 0.0, 0.0, 0
+        loss_sum, kl_tok_sum, tok_sum, k = 0.0, 0.0, 0.0, 0
         for b in batches:
-            logp, kl = self.policy.completion_logprobs(role, b, images_feat, ref_feat,
-                                                       kl_estimator=kcfg.estimator, chunk_tokens=kcfg.chunk_tokens)
+            logp, kl = self.policy.completion_logprobs(
+                role, b, images_feat, ref_feat, kl_estimator=kcfg.estimator, chunk_tokens=kcfg.chunk_tokens,
+                temperature=self.cfg.sampling.temperature, images=images)
             mask = b.completion_mask.to(logp.dtype)
             ntok = mask.sum(1).clamp(min=1.0)
             mean_logp = (logp * mask).sum(1) / ntok
@@ -266,29 +271,32 @@ class Trainer:
             per_rollout = -adv * mean_logp + st.beta * mean_kl
             (per_rollout.sum() / total).backward()
             loss_sum += per_rollout.detach().sum().item()
-            kl_sum += mean_kl.detach().sum().item()
+            kl_tok_sum += (kl.detach() * mask).sum().item()
+            tok_sum += mask.sum().item()
             k += b.sequences.shape[0]
         self._sync_grads(role)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.params[role], self.cfg.optim.grad_clip).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        kl_mean = self._mean_all(kl_sum / max(total, 1))
+        # eq. 8 reads the KL per completion token (eq. 7's average), over every process's tokens
+        kl_mean = self._mean_all(kl_tok_sum) / max(self._mean_all(tok_sum), 1.0)
         st.beta = kl_controller(st.beta, kl_mean, kcfg)                 # eq. 8, after each update
         return loss_sum / max(total, 1), kl_mean, grad_norm
 
-    def _update(self, role: str, batches: list[RolloutBatch], rewards: list[float], feats, ref_feats) -> UpdateStats:
+    def _update(self, role: str, batches: list[RolloutBatch], rewards: list[float], feats, ref_feats,
+                images=None) -> UpdateStats:
         """Batched (one step) or per-rollout (one step each, the release) update of one role."""
         st, m = self.state[role], self.cfg.optim.baseline_momentum
         stats = UpdateStats()
         if self.cfg.schedule.update_mode == "batched":
             advantages = [r - st.baseline for r in rewards]
-            stats.loss, stats.kl, stats.grad_norm = self._step(role, batches, advantages, feats, ref_feats)
+            stats.loss, stats.kl, stats.grad_norm = self._step(role, batches, advantages, feats, ref_feats, images)
             for r in self._all_rewards(rewards):
                 st.baseline = update_baseline(st.baseline, r, m)
             return stats
         rows = [(b, i) for b in batches for i in range(b.sequences.shape[0])]
         for j, (b, i) in enumerate(rows):
-            loss, kl, gn = self._step(role, [b.select([i])], [rewards[j] - st.baseline], feats, ref_feats)
+            loss, kl, gn = self._step(role, [b.select([i])], [rewards[j] - st.baseline], feats, ref_feats, images)
             for r in self._all_rewards([rewards[j]]):
                 st.baseline = update_baseline(st.baseline, r, m)
             stats.loss += loss / len(rows)
@@ -307,7 +315,8 @@ class Trainer:
             enc = pol.encode_images(images)
             with torch.no_grad(), pol.model.disable_adapter():
                 ref_feats = pol.image_features(enc)
-            # The vision tower carries no adapter unless lora.train_vision, so policy features equal the reference's.
+            # The vision tower carries no adapter unless lora.train_vision, so policy features equal the
+            # reference's; with it, each update recomputes them under its own role's adapter (feats=None).
             feats = ref_feats if not cfg.lora.train_vision else None
             prop_batches = pol.generate("proposer", images, None, num_return_sequences=1,
                                         max_new_tokens=s.proposer_max_new_tokens, temperature=s.temperature,
@@ -340,12 +349,10 @@ class Trainer:
                       for sr in per_image]
 
         with timer("update"):
-            if feats is None:
-                feats = pol.image_features(enc, grad=True)
-            sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats)
+            sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats, enc)
             prop_updated = t % cfg.schedule.proposer_update_every == 0
             if prop_updated:
-                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats)
+                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats, enc)
             else:
                 prop_stats = UpdateStats(float("nan"), float("nan"), float("nan"))
                 for r in self._all_rewards(r_prop):       # the baseline tracks every proposer reward
