@@ -218,3 +218,23 @@ def test_an_unreadable_image_is_replaced_by_one_the_run_never_sees(tiny_cfg):
         seen += paths
     assert bad not in seen
     assert len(set(seen)) == 3, seen
+
+
+# ----------------------------------------------------------------------------- 7. the paper's schedule
+def test_paper_config_is_the_papers_schedule_and_the_8_gpu_config_is_not(tmp_path):
+    from pathlib import Path
+
+    from ireasoner_core.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    images = {"data.image_dir": str(tmp_path)}
+    p = load_config(configs / "paper.yaml", images)
+    assert p.model.name_or_path == "Qwen/Qwen2.5-VL-7B-Instruct" and p.model.dtype == "bfloat16"
+    assert (p.schedule.iterations, p.schedule.images_per_iteration, p.schedule.update_mode) == (2500, 1, "per_rollout")
+    assert (p.schedule.proposer_update_every, p.sampling.num_rollouts, p.optim.lr) == (5, 5, 1e-6)
+    assert p.data.pool_size == 2500 and p.kl.estimator == "exact"
+    # one process: iterations 1..2500 take pool slots 0..2499, each once
+    slots = [image_slot(t, 0, 0, world=1, per_process=1) for t in range(1, 2501)]
+    assert slots == list(range(2500))
+    fast = load_config(configs / "qwen2.5-vl-7b.yaml", images)
+    assert fast.schedule.update_mode == "batched"
