@@ -104,8 +104,9 @@ class KLConfig(_Section):
     beta_max: float = Field(100.0, gt=0.0)
     estimator: Literal["exact", "sampled"] = Field(
         "exact",
-        description="'exact' = sum over the vocabulary (SPEC default); 'sampled' = the k3 estimator on the "
-        "sampled token only (cheaper, unbiased, different variance).",
+        description="'exact' = sum over the vocabulary (SPEC default); 'sampled' = from the sampled token only "
+        "(no sum over the vocabulary): reports k3 and differentiates stopgrad(log pi - log pi_ref) log pi, both "
+        "unbiased for KL(pi || pi_ref); noisier.",
     )
     chunk_tokens: int = Field(
         64, gt=0, description="Completion positions per chunk in the exact KL, so the full [rollouts x tokens x "
