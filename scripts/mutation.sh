@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
 if [ $# -eq 0 ]; then
   set -- "ireasoner_core.rewards.*" \
-    "ireasoner_core.trainer.x_image_slot__mutmut_*" \
     "ireasoner_core.trainer.*_step__mutmut_*" "ireasoner_core.trainer.*_update__mutmut_*" \
     "ireasoner_core.policy.*completion_logprobs__mutmut_*" "ireasoner_core.policy.*_head_weight__mutmut_*" \
     "ireasoner_core.policy.*_exact_chunk__mutmut_*" "ireasoner_core.policy.*_sampled_chunk__mutmut_*" \

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ireasoner_core.trainer as trainer_mod
 from ireasoner_core.data.pool import load_image
 from ireasoner_core.data.synthetic import generate_synthetic
+from ireasoner_core.model import resolve_dtype
+from ireasoner_core.policy import Policy, _sampled_chunk
 from ireasoner_core.rewards import kl_controller, proposer_reward, update_baseline
 from ireasoner_core.trainer import Trainer
 
 Q = ["What is the tallest bar?"]
+
+
+def _images(tmp_path, n=1):
+    items = generate_synthetic(tmp_path / "imgs", n, seed=3)
+    return [load_image(tmp_path / "imgs" / it.image) for it in items]
 
 
 @pytest.fixture
@@ -102,6 +110,30 @@ def test_kl_term_pulls_the_policy_back_toward_the_reference(setup):
     tr._step("solver", [b], [0.0, 0.0, 0.0], feats, feats)      # zero advantage: only the KL term acts
     _, kl_back = _seq_logp(tr, b, feats)
     assert kl_back < kl_away
+
+
+# ----------------------------------------------------------------------------- the sampled KL's gradient (issue 10 item 2)
+def test_sampled_kl_gradient_is_unbiased_for_kl_pi_to_ref_on_a_6_way_distribution():
+    torch.manual_seed(0)
+    V = 6
+    theta = torch.randn(V, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(V, dtype=torch.float64)
+    head = torch.nn.Identity()
+
+    # E_{y ~ pi}[grad of the per-token loss term at y], enumerated exactly over the 6 outcomes
+    h = theta.expand(1, V, V)               # position y scores token y
+    ref_h = ref.expand(1, V, V)
+    tokens = torch.arange(V).unsqueeze(0)
+    _, kl_tok = _sampled_chunk(head, h, ref_h, tokens)
+    pi = F.softmax(theta, -1).detach()
+    (expected_grad,) = torch.autograd.grad((pi * kl_tok[0]).sum(), theta)
+
+    logp, logq = F.log_softmax(theta, -1), F.log_softmax(ref, -1)
+    (exact,) = torch.autograd.grad((logp.exp() * (logp - logq)).sum(), theta)          # KL(pi || pi_ref)
+    assert torch.allclose(expected_grad, exact, atol=1e-12)
+    # the reported value is k3, an unbiased estimate of the same KL
+    k3_mean = (pi * kl_tok[0].detach()).sum()
+    assert torch.allclose(k3_mean, (logp.exp() * (logp - logq)).sum().detach(), atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -262,3 +294,62 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
             b = update_baseline(b, r, cfg.optim.baseline_momentum)
         assert tr.state["proposer"].baseline == pytest.approx(b)
         assert rec["proposer_reward"] == pytest.approx(sum(r_prop) / len(r_prop))
+
+
+# ----------------------------------------------------------------------------- on-policy log-probs (issue 10 items 3 and 6)
+def test_bf16_kl_of_a_small_adapter_change_has_no_head_rounding_noise(tiny_cfg, tmp_path):
+    """In bf16 the KL must be that of the model's own hidden states, computed without rounding the logits:
+    a bf16 head output (3 significant digits) put a noise floor of several times the true KL under beta."""
+    imgs = _images(tmp_path)
+    cfg = tiny_cfg(**{"model.dtype": "bfloat16", "lora.dropout": 0.0})
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), resolve_dtype("bfloat16", torch.device("cpu")))
+    torch.manual_seed(0)
+    batch = pol.generate("solver", imgs, ["What is shown?"], num_return_sequences=3, max_new_tokens=16,
+                         temperature=1.0, top_p=1.0)[0]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in sorted(pol.model.named_parameters()):
+            if "lora_B" in n and ".solver." in n:
+                p.copy_(1e-3 * torch.randn(p.shape, generator=g))
+    feats = pol.image_features(pol.encode_images(imgs))
+    mask = batch.completion_mask.bool()
+    with torch.no_grad():
+        _, kl = pol.completion_logprobs("solver", batch, feats, feats)
+        pol.activate("solver")
+        h = pol._hidden(batch, feats)
+        with pol.model.disable_adapter():
+            ref_h = pol._hidden(batch, feats)
+    w = pol.backbone.lm_head.weight.double()
+
+    def logp64(hidden):
+        logits = hidden.double() @ w.T
+        logits[..., pol.suppress_ids] = float("-inf")
+        return torch.log_softmax(logits, -1)
+
+    lp, lq = logp64(h), logp64(ref_h)
+    true = torch.where(lp.isfinite(), lp.exp() * (lp - lq), 0.0).sum(-1)[mask].mean().item()
+    assert true > 0
+    assert kl[mask].mean().item() == pytest.approx(true, rel=1e-2)
+
+
+def test_logprobs_are_those_of_the_tempered_sampling_distribution(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"lora.dropout": 0.0, "sampling.temperature": 0.7})
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), torch.float32)
+    imgs = _images(tmp_path)
+    q = ["What is shown?"]
+    torch.manual_seed(0)
+    batch = pol.generate("solver", imgs, q, num_return_sequences=2, max_new_tokens=10, temperature=0.7, top_p=1.0)[0]
+    enc = pol.encode_prompts("solver", imgs, q)
+    torch.manual_seed(0)
+    out = pol.model.generate(**enc, do_sample=True, temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=10,
+                             num_return_sequences=2, output_scores=True, return_dict_in_generate=True,
+                             suppress_tokens=pol.suppress_ids, pad_token_id=pol.tokenizer.pad_token_id)
+    assert torch.equal(out.sequences, batch.sequences)
+    sampled = torch.log_softmax(torch.stack(out.scores, 1).float(), -1)      # what sampling drew from
+    tokens = batch.sequences[:, batch.prompt_len:]
+    want = sampled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    feats = pol.image_features(pol.encode_images(imgs))
+    with torch.no_grad():
+        lp, _ = pol.completion_logprobs("solver", batch, feats, feats, temperature=0.7)
+    mask = batch.completion_mask.bool()
+    assert torch.allclose(lp[mask], want[mask], atol=1e-4)
