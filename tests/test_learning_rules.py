@@ -72,8 +72,9 @@ def _record_steps(tr, monkeypatch):
     real = tr._step
 
     def spy(role, batches, advantages, *a, **k):
-        calls.append((role, list(advantages), [b.sequences.shape[0] for b in batches]))
-        return real(role, batches, advantages, *a, **k)
+        out = real(role, batches, advantages, *a, **k)
+        calls.append((role, list(advantages), [b.sequences.shape[0] for b in batches], out))
+        return out
 
     monkeypatch.setattr(tr, "_step", spy)
     return calls
@@ -124,7 +125,8 @@ def test_sampled_kl_gradient_is_unbiased_for_kl_pi_to_ref_on_a_6_way_distributio
     h = theta.expand(1, V, V)               # position y scores token y
     ref_h = ref.expand(1, V, V)
     tokens = torch.arange(V).unsqueeze(0)
-    _, kl_tok = _sampled_chunk(head, h, ref_h, tokens)
+    logp_tok, kl_tok = _sampled_chunk(head, h, ref_h, tokens)
+    assert logp_tok.shape == kl_tok.shape == tokens.shape                    # one value per sampled token
     pi = F.softmax(theta, -1).detach()
     (expected_grad,) = torch.autograd.grad((pi * kl_tok[0]).sum(), theta)
 
@@ -143,14 +145,17 @@ def test_advantages_subtract_the_ema_baseline_held_before_each_step(setup, monke
         tr, batches, feats = setup(**{"schedule.update_mode": mode})
         calls = _record_steps(tr, monkeypatch)
         tr.state["solver"].baseline = b0
-        tr._update("solver", batches, rewards, feats, feats)
+        stats = tr._update("solver", batches, rewards, feats, feats)
         b, expected = b0, []
         for r in rewards:
             expected.append(r - (b0 if mode == "batched" else b))
             b = m * b + (1 - m) * r
-        got = [a for _, advs, _ in calls for a in advs]
+        got = [a for _, advs, _, _ in calls for a in advs]
         assert got == pytest.approx(expected), mode
-        assert [n for *_, ns in calls for n in ns] == ([3] if mode == "batched" else [1, 1, 1])
+        assert [n for _, _, ns, _ in calls for n in ns] == ([3] if mode == "batched" else [1, 1, 1])
+        # the logged loss / KL / grad norm are the means over the optimiser steps taken
+        for i, name in enumerate(("loss", "kl", "grad_norm")):
+            assert getattr(stats, name) == pytest.approx(sum(c[3][i] for c in calls) / len(calls)), (mode, name)
         assert tr.state["solver"].baseline == pytest.approx(b), mode
 
 

@@ -377,3 +377,15 @@ def test_leave_one_out_has_one_column_per_step_position() -> None:
     S, D = leave_one_out([emb(X, Y, X), emb(Y, Y), emb(X)], [0, 1, 2])
     assert S.shape == (3, 3) and D.shape == (3,)        # J = 3 steps, not the embedding size d = 2
     assert D[1].item() == approx(0.0) and math.isnan(D[2].item())
+
+
+def test_embedding_rows_must_match_steps_whatever_the_tensor_shape() -> None:
+    two_steps = parse_rollout("<think>Step 1: a\nStep 2: b</think><answer>1</answer>", 8)
+    no_steps = ParsedRollout("1", "1", "", [], 3, True, False)
+    with pytest.raises(ValueError, match=r"has 0 rows but rollout 0 has 2 steps"):
+        solver_rewards([two_steps], [torch.zeros(0)], 0.0, RewardConfig())
+    with pytest.raises(ValueError, match=r"has 1 rows but rollout 0 has 0 steps"):
+        solver_rewards([no_steps], [torch.zeros(1, 1)], 0.0, RewardConfig())
+    # a member without steps may carry any embedding size; only members with steps must agree on d
+    agreement = step_agreement([torch.zeros(0, 5), emb(X), emb(X)], [0, 1, 2], 3, RewardConfig())
+    assert agreement.r_step[1] == approx(agreement.r_step[2]) and agreement.r_step[0] == 0.0
