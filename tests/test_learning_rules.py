@@ -160,33 +160,66 @@ def test_advantages_subtract_the_ema_baseline_held_before_each_step(setup, monke
 
 
 # ----------------------------------------------------------------------------- loss and gradient
-def test_step_minimises_eq7_averaged_over_rollouts_with_the_current_beta(setup):
-    tr, batches, feats = setup()
+def _eq7(tr, b, adv, beta, feats):
+    """Eq. 7 computed independently: per rollout -A_i mean_t log pi + beta mean_t KL, averaged over rollouts;
+    returns (loss, gradient norm, KL per completion token), with the run's estimator and temperature."""
+    pol = tr.policy
+    lp, kl = pol.completion_logprobs("solver", b, feats, feats, kl_estimator=tr.cfg.kl.estimator,
+                                     temperature=tr.cfg.sampling.temperature)
+    m = b.completion_mask.float()
+    per = -torch.tensor(adv) * (lp * m).sum(1) / m.sum(1) + beta * (kl * m).sum(1) / m.sum(1)
+    loss = per.mean()
+    grads = torch.autograd.grad(loss, pol.params["solver"], allow_unused=True)
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
+    return loss.item(), norm, ((kl * m).sum() / m.sum()).item()
+
+
+@pytest.mark.parametrize("extra", [{}, {"kl.estimator": "sampled", "sampling.temperature": 0.7}],
+                         ids=["exact_T1", "sampled_T0.7"])
+def test_step_minimises_eq7_averaged_over_rollouts_with_the_current_beta(setup, extra):
+    tr, batches, feats = setup(**extra)
     b = batches[0]
-    b.completion_mask[0, 4:] = 0                        # rollouts of different lengths
+    b.completion_mask[0, 1:] = 0                        # rollouts of different lengths, one of a single token
     tr.state["solver"].beta = 0.0
     tr._step("solver", [b], [1.0, -1.0, 0.5], feats, feats)      # KL > 0 from here on
     beta, adv = 0.3, [0.7, -0.4, 0.2]
     tr.state["solver"].beta = beta
-    # eq. 7 computed independently: per rollout -A_i mean_t log pi + beta mean_t KL, averaged over rollouts
-    pol = tr.policy
-    lp, kl = pol.completion_logprobs("solver", b, feats, feats)
-    m = b.completion_mask.float()
-    per = -torch.tensor(adv) * (lp * m).sum(1) / m.sum(1) + beta * (kl * m).sum(1) / m.sum(1)
-    want_loss = per.mean()
-    grads = torch.autograd.grad(want_loss, pol.params["solver"], allow_unused=True)
-    want_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
-    kl_tok = ((kl * m).sum() / m.sum()).item()
+    want_loss, want_norm, kl_tok = _eq7(tr, b, adv, beta, feats)
 
     before = _snapshot(tr)
     loss, kl_used, grad_norm = tr._step("solver", [b], adv, feats, feats)
-    assert loss == pytest.approx(want_loss.item(), rel=1e-4, abs=1e-7)
+    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-7)
     assert grad_norm == pytest.approx(want_norm, rel=1e-3)
     assert kl_used == pytest.approx(kl_tok, rel=1e-4)
     assert tr.state["solver"].beta == pytest.approx(kl_controller(beta, kl_tok, tr.cfg.kl), rel=1e-6)
     # clipped to grad_clip, then one AdamW step: the first Adam step moves each entry by about lr
     moved = max((p - s).abs().max().item() for p, s in zip(tr.policy.params["solver"], before))
     assert 0.5 * tr.cfg.optim.lr < moved < 2.0 * tr.cfg.optim.lr
+    # one rollout of one token (the per-rollout mode's smallest step)
+    one = b.select([0])
+    tr.state["solver"].beta = beta
+    want_loss, want_norm, kl_tok = _eq7(tr, one, [0.7], beta, feats)
+    loss, kl_used, grad_norm = tr._step("solver", [one], [0.7], feats, feats)
+    assert (loss, kl_used, grad_norm) == pytest.approx((want_loss, kl_tok, want_norm), rel=1e-3, abs=1e-9)
+
+
+def test_rollouts_split_over_generate_calls_make_the_same_step(setup):
+    """rollout_batch_size splits the rollouts of one update into several batches; the step must not change."""
+    tr, batches, feats = setup()
+    b = batches[0]
+    b.completion_mask[2, 6:] = 0
+    tr.state["solver"].beta = 0.0
+    tr._step("solver", [b], [1.0, -1.0, 0.5], feats, feats)
+    opt, grads, outs = tr.opt["solver"], [], []
+    real_step = opt.step
+    opt.step = lambda: grads.append([q.grad.clone() for q in tr.policy.params["solver"]])
+    for split in ([b], [b.select([0, 1]), b.select([2])], [b.select([0]), b.select([1, 2])]):
+        tr.state["solver"].beta = 0.2
+        outs.append(tr._step("solver", split, [0.7, -0.4, 0.2], feats, feats))
+    opt.step = real_step
+    for out, g in zip(outs[1:], grads[1:]):
+        assert out == pytest.approx(outs[0], rel=1e-5)
+        assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-9) for x, y in zip(g, grads[0]))
 
 
 def test_the_gradient_reaches_the_selected_role_only_and_is_clipped(setup):
