@@ -174,8 +174,8 @@ def _eq7(tr, b, adv, beta, feats):
     return loss.item(), norm, ((kl * m).sum() / m.sum()).item()
 
 
-@pytest.mark.parametrize("extra", [{}, {"kl.estimator": "sampled", "sampling.temperature": 0.7}],
-                         ids=["exact_T1", "sampled_T0.7"])
+@pytest.mark.parametrize("extra", [{}, {"kl.estimator": "sampled", "sampling.temperature": 0.7, "kl.chunk_tokens": 5}],
+                         ids=["exact_T1", "sampled_T0.7_chunks_of_5"])
 def test_step_minimises_eq7_averaged_over_rollouts_with_the_current_beta(setup, extra):
     tr, batches, feats = setup(**extra)
     b = batches[0]
