@@ -185,6 +185,14 @@ def test_step_minimises_eq7_averaged_over_rollouts_with_the_current_beta(setup, 
     beta, adv = 0.3, [0.7, -0.4, 0.2]
     tr.state["solver"].beta = beta
     want_loss, want_norm, kl_tok = _eq7(tr, b, adv, beta, feats)
+    if tr.cfg.kl.estimator == "sampled":         # the per-token value is k3 of the sampled token, not the exact sum
+        with torch.no_grad():
+            lp, kl = tr.policy.completion_logprobs("solver", b, feats, feats, kl_estimator="sampled", temperature=0.7)
+            with tr.policy.model.disable_adapter():
+                lp_ref, _ = tr.policy.completion_logprobs("solver", b, feats, feats, temperature=0.7)
+        d = lp_ref - lp
+        m = b.completion_mask.bool()
+        assert torch.allclose(kl[m], (torch.exp(d) - d - 1.0)[m], atol=1e-6)
 
     before = _snapshot(tr)
     loss, kl_used, grad_norm = tr._step("solver", [b], adv, feats, feats)
