@@ -42,11 +42,21 @@ class JsonlLogger(TrainerCallback):
         self.path = Path(path)
 
     def truncate_after(self, iteration: int) -> None:
-        """On resume: drop records past the checkpoint, so the file shows one history."""
+        """On resume: drop records past the checkpoint, so the file shows one history.
+
+        A torn line (a kill during a write) is dropped too: it belongs to an iteration past the
+        last one that finished writing, and ``read_jsonl`` would skip it anyway.
+        """
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("iteration", 0) <= iteration:
+                keep.append(line)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)

@@ -80,9 +80,19 @@ class LoRAConfig(_Section):
 class SamplingConfig(_Section):
     num_rollouts: int = Field(5, gt=0, description="N, Solver rollouts per (image, question) (SPEC eq. 1).")
     temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Must be 1.0 (SPEC.md sampling row); see the check.")
     solver_max_new_tokens: int = Field(256, gt=0)
     proposer_max_new_tokens: int = Field(128, gt=0)
+
+    @field_validator("top_p")
+    @classmethod
+    def _full_support(cls, v: float) -> float:
+        # The update scores the sampled tokens under the full (tempered) distribution; a nucleus
+        # would make it off-policy, and its KL to a reference with another nucleus can be infinite.
+        if v != 1.0:
+            raise ValueError(f"top_p={v} is not supported: the update's log-probabilities and KL are those of "
+                             "the full distribution (SPEC.md samples with top-p 1.0); use temperature instead")
+        return v
 
 
 class RewardConfig(_Section):
@@ -112,8 +122,9 @@ class KLConfig(_Section):
     beta_max: float = Field(100.0, gt=0.0)
     estimator: Literal["exact", "sampled"] = Field(
         "exact",
-        description="'exact' = sum over the vocabulary (SPEC default); 'sampled' = the k3 estimator on the "
-        "sampled token only (cheaper, unbiased, different variance).",
+        description="'exact' = sum over the vocabulary (SPEC default); 'sampled' = from the sampled token only "
+        "(no sum over the vocabulary): reports k3 and differentiates stopgrad(log pi - log pi_ref) log pi, both "
+        "unbiased for KL(pi || pi_ref); noisier.",
     )
     chunk_tokens: int = Field(
         64, gt=0, description="Completion positions per chunk in the exact KL, so the full [rollouts x tokens x "

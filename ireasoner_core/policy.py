@@ -7,8 +7,10 @@ i.e. the frozen initial policy of both roles. Everything on the hot path is batc
 * rollouts: one ``generate`` call per rollout batch, with ``num_return_sequences`` so the vision
   tower encodes each image once however many rollouts share it;
 * log-probabilities: one forward per rollout batch over the token ids that were sampled (never a
-  re-tokenisation of decoded text), with the image features computed once per image and reused
-  by the policy and the reference passes;
+  re-tokenisation of decoded text), of the distribution sampling drew from (temperature applied,
+  suppressed tokens removed), with the LM head in fp32; the image features are computed once per
+  image and reused by the policy and the reference passes (with ``lora.train_vision`` the
+  policy's are recomputed per backward under the updated role's adapter);
 * the exact KL of eq. 7 is computed in chunks of completion positions, each chunk recomputed in
   backward (activation checkpointing), so the [rollouts x tokens x vocabulary] tensor is never
   held whole;
@@ -114,6 +116,7 @@ class Policy:
         self.suppress_ids = [i for i in (cfg.image_token_id, cfg.video_token_id,
                                          getattr(cfg, "vision_start_token_id", None),
                                          getattr(cfg, "vision_end_token_id", None)) if i is not None]
+        self._head_fp32: torch.Tensor | None = None
         self.model.eval()
 
     # ----------------------------------------------------------------------------- adapters
@@ -237,35 +240,61 @@ class Policy:
         p, t = batch.prompt_len, batch.completion_mask.shape[1]
         return h[:, p - 1: p - 1 + t]
 
-    def image_features(self, images: ImageInputs, grad: bool = False) -> list[torch.Tensor]:
-        """Vision-tower output per image; computed once and shared by policy and reference passes."""
-        feats = []
+    def image_features(self, images: ImageInputs, grad: bool = False,
+                       only: set[int] | None = None) -> list[torch.Tensor | None]:
+        """Vision-tower output per image (under the active adapter); ``only`` limits it to those images."""
+        feats: list[torch.Tensor | None] = []
         with torch.set_grad_enabled(grad):
-            for pv, grid in zip(images.pixel_values, images.image_grid_thw):
+            for i, (pv, grid) in enumerate(zip(images.pixel_values, images.image_grid_thw)):
+                if only is not None and i not in only:
+                    feats.append(None)
+                    continue
                 out = self.backbone.model.get_image_features(pv, grid, return_dict=True)
                 feats.append(out.pooler_output[0])
         return feats
 
-    def completion_logprobs(self, role: str, batch: RolloutBatch, features: list[torch.Tensor],
+    def _head_weight(self) -> torch.Tensor:
+        """The LM head's weight in fp32 (eq. 7 log-probs and KL): a bf16 head output rounds logits to
+        ~3 digits, a noise floor far above the KL of a small adapter change. The head is frozen, so the
+        fp32 copy (vocab x hidden x 4 bytes, 2.2 GB for the 7B) is made once."""
+        w = self.backbone.lm_head.weight
+        if w.dtype == torch.float32:
+            return w
+        if self._head_fp32 is None:
+            self._head_fp32 = w.detach().float()
+        return self._head_fp32
+
+    def completion_logprobs(self, role: str, batch: RolloutBatch, features: list[torch.Tensor] | None,
                             ref_features: list[torch.Tensor], *, kl_estimator: str = "exact",
-                            chunk_tokens: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 7 ingredients: per-token log pi(y_t) and per-token KL(pi || pi_ref), both [B, T], with grad."""
+                            chunk_tokens: int = 64, temperature: float = 1.0,
+                            images: ImageInputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 7 ingredients: per-token log pi(y_t) and per-token KL(pi || pi_ref), both [B, T], with grad.
+
+        Both are of the distribution that sampling drew from: logits / temperature, with the
+        suppressed vision-placeholder tokens removed. ``features=None`` (lora.train_vision)
+        recomputes the image features from ``images`` with grad under this role's adapter, once per
+        call, so each backward has its own graph.
+        """
         self.activate(role)
         self.model.eval()
         with torch.no_grad(), self.model.disable_adapter():
             ref_h = self._hidden(batch, ref_features)
         self.model.train()
+        if features is None:
+            if images is None:
+                raise ValueError("completion_logprobs needs `images` when `features` is None")
+            features = self.image_features(images, grad=torch.is_grad_enabled(), only=set(batch.image_index))
         h = self._hidden(batch, features)
         tokens = batch.sequences[:, batch.prompt_len:]
-        lm_head = self.backbone.lm_head
+        head = _Head(self._head_weight(), self.backbone.lm_head.bias, temperature, self.suppress_ids)
         fn = _exact_chunk if kl_estimator == "exact" else _sampled_chunk
         logps, kls = [], []
         for s in range(0, tokens.shape[1], chunk_tokens):
             sl = slice(s, s + chunk_tokens)
             if torch.is_grad_enabled():
-                lp, kl = checkpoint(fn, lm_head, h[:, sl], ref_h[:, sl], tokens[:, sl], use_reentrant=False)
+                lp, kl = checkpoint(fn, head, h[:, sl], ref_h[:, sl], tokens[:, sl], use_reentrant=False)
             else:
-                lp, kl = fn(lm_head, h[:, sl], ref_h[:, sl], tokens[:, sl])
+                lp, kl = fn(head, h[:, sl], ref_h[:, sl], tokens[:, sl])
             logps.append(lp)
             kls.append(kl)
         # Stays in train mode: with perf.gradient_checkpointing the backward recomputes this forward,
@@ -293,19 +322,51 @@ class Policy:
         return out
 
 
+class _Head(torch.nn.Module):
+    """Logits of the sampling distribution in fp32: (h W^T + b) / T, suppressed tokens at -inf."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float, suppress: list[int]):
+        super().__init__()
+        self.weight, self.bias, self.temperature, self.suppress = weight, bias, temperature, suppress
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        logits = F.linear(h.float(), self.weight, bias)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.suppress:
+            idx = torch.tensor(self.suppress, device=logits.device)
+            logits = logits.index_fill(-1, idx, float("-inf"))
+        return logits
+
+
 def _exact_chunk(lm_head: torch.nn.Module, h: torch.Tensor, ref_h: torch.Tensor,
                  tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7 exact KL over the vocabulary, sum_v pi(v) (log pi(v) - log pi_ref(v)), for one chunk."""
     logp = F.log_softmax(lm_head(h).float(), dim=-1)
     ref_logp = F.log_softmax(lm_head(ref_h).float(), dim=-1)
-    kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+    # The suppressed tokens have probability 0 under both; -inf - -inf there would make a NaN (and a NaN grad).
+    diff = torch.where(logp.isfinite(), logp - ref_logp, 0.0)
+    kl = (logp.exp() * diff).sum(-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), kl
 
 
 def _sampled_chunk(lm_head: torch.nn.Module, h: torch.Tensor, ref_h: torch.Tensor,
                    tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled-token KL estimator (k3: exp(d) - d - 1, d = log pi_ref(y) - log pi(y)); unbiased, non-negative."""
-    logp = F.log_softmax(lm_head(h).float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    ref_logp = F.log_softmax(lm_head(ref_h).float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    d = ref_logp - logp
-    return logp, torch.exp(d) - d - 1.0
+    """Eq. 7 KL from the sampled token only: value k3 = exp(d) - d - 1 (d = log pi_ref(y) - log pi(y)),
+    gradient stopgrad(log pi(y) - log pi_ref(y)) * grad log pi(y).
+
+    Both are unbiased for KL(pi || pi_ref) on tokens sampled from pi; differentiating k3 itself
+    would give the gradient of KL(pi_ref || pi) instead. Only the sampled token's logit and the
+    logsumexp are kept, never a [.., vocab] log-softmax.
+    """
+    def token_logp(hidden: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden).float()
+        return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    logp = token_logp(h)
+    ref_logp = token_logp(ref_h).detach()
+    d = (ref_logp - logp).detach()
+    k3 = torch.exp(d) - d - 1.0
+    # value k3, gradient of the score-function term (the second summand is 0 in value)
+    return logp, k3 + (-d) * (logp - logp.detach())

@@ -2,8 +2,9 @@
 
 Per global iteration t, on each process:
 
-1. take ``images_per_iteration`` images from the pool (a pure function of t and the process
-   rank, so a resumed run sees the images it would have seen);
+1. take ``images_per_iteration`` images from the pool: global pool slots are consumed in order
+   (``image_slot``), and the checkpoint stores how many, so a resumed run continues where the
+   last one stopped even with another number of processes;
 2. the Proposer samples one question per image; the Solver samples N rollouts per question;
 3. parse, embed steps, compute the rewards of eq. 1-6 with lambda(t) from the global iteration;
 4. one KL-regularised REINFORCE update of the Solver (eq. 7), either batched (one optimiser
@@ -25,6 +26,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -97,6 +99,8 @@ class Trainer:
             if cfg.progress_bar:
                 self.callbacks.append(ProgressBar(cfg.schedule.iterations))
         self.images_skipped = 0
+        # Where the image order (re)starts: a resume sets both from the checkpoint (see image_slot).
+        self._start_iteration, self._start_slots = 0, 0
         # Called as hook(phase, "start" | "end") around each timed phase, inside its wall time at the
         # end (so a GPU synchronize is counted); benchmarks read per-phase peak memory through it.
         self.phase_hooks: list[Callable[[str, str], None]] = []
@@ -148,22 +152,35 @@ class Trainer:
         random.Random(self.cfg.seed + epoch).shuffle(order)
         return order[pos]
 
+    def _slot(self, iteration: int, k: int) -> int:
+        """Pool slot of this process's k-th image at a global iteration (after a resume, too)."""
+        return image_slot(iteration, self.rank, k, world=self.world, per_process=self.cfg.schedule.images_per_iteration,
+                          start_iteration=self._start_iteration, start_slots=self._start_slots)
+
     def _images_for(self, iteration: int):
-        """Images of this process at a global iteration; unreadable ones are skipped and counted."""
+        """Images of this process at a global iteration (images, unreadable ones skipped, paths).
+
+        An unreadable image is replaced from the slots past the run's last one, which no
+        iteration of this run takes, so the replacement is not seen twice (while the pool is
+        larger than the run's slots).
+        """
         m = self.cfg.schedule.images_per_iteration
-        base = ((iteration - 1) * self.world + self.rank) * m
-        images, skipped = [], 0
+        run_slots = image_slot(self.cfg.schedule.iterations + 1, 0, 0, world=self.world, per_process=m,
+                               start_iteration=self._start_iteration, start_slots=self._start_slots)
+        images, paths, skipped = [], [], 0
         for k in range(m):
-            slot = base + k
+            slot = self._slot(iteration, k)
             for attempt in range(len(self.pool)):
+                path = self._image_path(slot + attempt * run_slots)
                 try:
-                    images.append(load_image(self._image_path(slot + attempt * self.world * m)))
+                    images.append(load_image(path))
+                    paths.append(path)
                     break
                 except ImagePoolError:
                     skipped += 1
             else:
                 raise ImagePoolError("no image in the pool can be decoded")
-        return images, skipped
+        return images, skipped, paths
 
     # ----------------------------------------------------------------------------- resume
     def _resume(self) -> int:
@@ -189,10 +206,22 @@ class Trainer:
             self.opt[role].load_state_dict(state["optimizer"][role])
             self.state[role] = RoleState(**state["roles"][role])
         self.images_skipped = state.get("images_skipped", self.images_skipped)
-        rng_file = latest / f"rng-rank{self.rank}.pt"
-        if rng_file.exists() and state.get("world", 1) == self.world:
-            _set_rng(torch.load(rng_file, weights_only=False))
         iteration = state["iteration"]
+        saved_world = state.get("world", 1)
+        # checkpoints written before slots were stored: every iteration had taken world x m slots
+        self._start_iteration = iteration
+        self._start_slots = state.get("slots_consumed",
+                                      iteration * saved_world * self.cfg.schedule.images_per_iteration)
+        rng_file = latest / f"rng-rank{self.rank}.pt"
+        if rng_file.exists() and saved_world == self.world:
+            _set_rng(torch.load(rng_file, weights_only=False))
+        elif self.main:
+            why = (f"it was written by {saved_world} processes and this run has {self.world}"
+                   if saved_world != self.world else f"{rng_file.name} is missing")
+            warnings.warn(f"resuming {self.out} at iteration {iteration} without restoring the random-number "
+                          f"states: {why}; sampling continues from fresh per-process seeds, so the run will not "
+                          "repeat an uninterrupted one exactly (the image order and schedule still do)",
+                          RuntimeWarning, stacklevel=2)
         if self.main:
             self.jsonl.truncate_after(iteration)
             JsonlLogger(self.diag_path).truncate_after(iteration)
@@ -212,6 +241,7 @@ class Trainer:
                 "roles": {r: asdict(s) for r, s in self.state.items()},
                 "optimizer": {r: o.state_dict() for r, o in self.opt.items()},
                 "images_skipped": self.images_skipped,
+                "slots_consumed": self._slot(iteration + 1, 0),
             }, partial / "trainer_state.pt")
         self.acc.wait_for_everyone()
         final = None
@@ -248,15 +278,20 @@ class Trainer:
         return self.acc.reduce(torch.tensor([value], dtype=torch.float64, device=self.acc.device), "mean").item()
 
     def _step(self, role: str, batches: list[RolloutBatch], advantages: list[float],
-              images_feat, ref_feat) -> tuple[float, float, float]:
-        """Eq. 7 for the given rollouts, one optimiser step; returns (loss, mean token KL, grad norm)."""
+              images_feat, ref_feat, images=None) -> tuple[float, float, float]:
+        """Eq. 7 for the given rollouts, one optimiser step; returns (loss, mean token KL, grad norm).
+
+        ``images_feat=None`` (lora.train_vision): each forward recomputes the image features from
+        ``images`` under this role's adapter, so every backward has its own graph.
+        """
         opt, st, kcfg = self.opt[role], self.state[role], self.cfg.kl
         opt.zero_grad(set_to_none=True)
         total = sum(b.sequences.shape[0] for b in batches)
-        loss_sum, kl_sum, k = 0.0, 0.0, 0
+        loss_sum, kl_tok_sum, tok_sum, k = 0.0, 0.0, 0.0, 0
         for b in batches:
-            logp, kl = self.policy.completion_logprobs(role, b, images_feat, ref_feat,
-                                                       kl_estimator=kcfg.estimator, chunk_tokens=kcfg.chunk_tokens)
+            logp, kl = self.policy.completion_logprobs(
+                role, b, images_feat, ref_feat, kl_estimator=kcfg.estimator, chunk_tokens=kcfg.chunk_tokens,
+                temperature=self.cfg.sampling.temperature, images=images)
             mask = b.completion_mask.to(logp.dtype)
             ntok = mask.sum(1).clamp(min=1.0)
             mean_logp = (logp * mask).sum(1) / ntok
@@ -265,29 +300,32 @@ class Trainer:
             per_rollout = -adv * mean_logp + st.beta * mean_kl
             (per_rollout.sum() / total).backward()
             loss_sum += per_rollout.detach().sum().item()
-            kl_sum += mean_kl.detach().sum().item()
+            kl_tok_sum += (kl.detach() * mask).sum().item()
+            tok_sum += mask.sum().item()
             k += b.sequences.shape[0]
         self._sync_grads(role)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.params[role], self.cfg.optim.grad_clip).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        kl_mean = self._mean_all(kl_sum / max(total, 1))
+        # eq. 8 reads the KL per completion token (eq. 7's average), over every process's tokens
+        kl_mean = self._mean_all(kl_tok_sum) / max(self._mean_all(tok_sum), 1.0)
         st.beta = kl_controller(st.beta, kl_mean, kcfg)                 # eq. 8, after each update
         return loss_sum / max(total, 1), kl_mean, grad_norm
 
-    def _update(self, role: str, batches: list[RolloutBatch], rewards: list[float], feats, ref_feats) -> UpdateStats:
+    def _update(self, role: str, batches: list[RolloutBatch], rewards: list[float], feats, ref_feats,
+                images=None) -> UpdateStats:
         """Batched (one step) or per-rollout (one step each, the release) update of one role."""
         st, m = self.state[role], self.cfg.optim.baseline_momentum
         stats = UpdateStats()
         if self.cfg.schedule.update_mode == "batched":
             advantages = [r - st.baseline for r in rewards]
-            stats.loss, stats.kl, stats.grad_norm = self._step(role, batches, advantages, feats, ref_feats)
+            stats.loss, stats.kl, stats.grad_norm = self._step(role, batches, advantages, feats, ref_feats, images)
             for r in self._all_rewards(rewards):
                 st.baseline = update_baseline(st.baseline, r, m)
             return stats
         rows = [(b, i) for b in batches for i in range(b.sequences.shape[0])]
         for j, (b, i) in enumerate(rows):
-            loss, kl, gn = self._step(role, [b.select([i])], [rewards[j] - st.baseline], feats, ref_feats)
+            loss, kl, gn = self._step(role, [b.select([i])], [rewards[j] - st.baseline], feats, ref_feats, images)
             for r in self._all_rewards([rewards[j]]):
                 st.baseline = update_baseline(st.baseline, r, m)
             stats.loss += loss / len(rows)
@@ -299,14 +337,15 @@ class Trainer:
     def iteration(self, t: int) -> dict[str, Any]:
         cfg, s, pol = self.cfg, self.cfg.sampling, self.policy
         timer = _PhaseTimer(self.phase_hooks)
-        images, skipped = self._images_for(t)
+        images, skipped, _ = self._images_for(t)
         self.images_skipped += int(self._mean_all(skipped) * self.world) if self.world > 1 else skipped
 
         with timer("propose"):
             enc = pol.encode_images(images)
             with torch.no_grad(), pol.model.disable_adapter():
                 ref_feats = pol.image_features(enc)
-            # The vision tower carries no adapter unless lora.train_vision, so policy features equal the reference's.
+            # The vision tower carries no adapter unless lora.train_vision, so policy features equal the
+            # reference's; with it, each update recomputes them under its own role's adapter (feats=None).
             feats = ref_feats if not cfg.lora.train_vision else None
             prop_batches = pol.generate("proposer", images, None, num_return_sequences=1,
                                         max_new_tokens=s.proposer_max_new_tokens, temperature=s.temperature,
@@ -339,12 +378,10 @@ class Trainer:
                       for sr in per_image]
 
         with timer("update"):
-            if feats is None:
-                feats = pol.image_features(enc, grad=True)
-            sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats)
+            sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats, enc)
             prop_updated = t % cfg.schedule.proposer_update_every == 0
             if prop_updated:
-                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats)
+                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats, enc)
             else:
                 prop_stats = UpdateStats(float("nan"), float("nan"), float("nan"))
                 for r in self._all_rewards(r_prop):       # the baseline tracks every proposer reward
@@ -477,6 +514,17 @@ class _PhaseTimer:
         out = {f"seconds_{k}": v for k, v in self._s.items()}
         out["seconds"] = sum(self._s.values())
         return out
+
+
+def image_slot(iteration: int, rank: int, k: int, *, world: int, per_process: int,
+               start_iteration: int = 0, start_slots: int = 0) -> int:
+    """Global pool slot of process ``rank``'s k-th image at a global iteration.
+
+    Each iteration takes world x per_process consecutive slots, rank-major; a run resumed at
+    ``start_iteration`` continues from the ``start_slots`` slots already consumed, whatever the
+    number of processes that consumed them.
+    """
+    return start_slots + ((iteration - start_iteration - 1) * world + rank) * per_process + k
 
 
 def _seed_everything(seed: int) -> None:

@@ -125,7 +125,7 @@ def test_side_by_side_settings_see_the_same_images(tmp_path):
     base = {"checkpoint": {"output_dir": str(tmp_path)}, "progress_bar": False, "data": {"synthetic_images": 8}}
     defaults = Trainer(build_config(base, throughput.defaults_overrides(2)))
     release = Trainer(build_config(base, throughput.release_overrides()))
-    d_images, _ = defaults._images_for(1)
+    d_images, _, _ = defaults._images_for(1)
     r_images = [release._images_for(t)[0][0] for t in covering_iterations(2, 1)]
     assert [im.tobytes() for im in d_images] == [im.tobytes() for im in r_images]
 

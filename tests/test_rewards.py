@@ -326,3 +326,66 @@ def test_leave_one_out_undefined_entries() -> None:
     assert D[0].item() == 0.0
     S, D = leave_one_out([emb(X)], [])
     assert S.shape == (0, 0) and D.shape == (0,)
+
+
+# --- boundaries and validation that mutation testing found unpinned ------------------------------
+
+def test_boundaries_are_accepted_and_invalid_values_named() -> None:
+    cfg = RewardConfig()
+    assert warmup_lambda(1, 1, cfg) == cfg.lambda_end                      # T = 1 is a valid schedule
+    assert length_penalty(3, 1) == 1.0 and length_penalty(1, 1) == 0.0     # L = 1 word is valid
+    assert mix([0.2], [0.9], 1.0) == approx([0.9])                          # lambda = 1 (step_only)
+    with pytest.raises(ValueError, match="sigma_H must be > 0, got 0"):
+        proposer_reward(0.9, 0.9, 0.0)
+    with pytest.raises(ValueError, match="num_positions must be >= 0"):
+        position_weights(-1, 0.15)
+    with pytest.raises(ValueError, match="r_ans has 1 entries but r_step has 2"):
+        mix([0.1], [0.1, 0.2], 0.5)
+    with pytest.raises(ValueError, match="2 answers but 1 word counts"):
+        answer_rewards(["a", "b"], [1], cfg)
+    with pytest.raises(ValueError, match=r"group indices \[2\] out of range for n=2"):
+        step_agreement([emb(X), emb(X)], [0, 2], 2, cfg)
+    with pytest.raises(ValueError, match="total iterations T must be > 0"):
+        warmup_lambda(1, 0, cfg)
+    with pytest.raises(TypeError, match=r"step_embeddings\[1\] must be a torch.Tensor, got list"):
+        step_agreement([emb(X), [1.0, 0.0]], [0, 1], 2, cfg)
+    with pytest.raises(ValueError, match=r"step_embeddings\[0\] must be \[J_i, d\], got shape \(2, 1, 2\)"):
+        step_agreement([torch.zeros(2, 1, 2), emb(X)], [0, 1], 2, cfg)
+
+
+def test_warmup_ramps_from_a_nonzero_start() -> None:
+    cfg = RewardConfig(lambda_start=0.2, lambda_end=0.6, warmup_fraction=0.5)
+    assert warmup_lambda(5, 10, cfg) == approx(0.2)
+    assert warmup_lambda(8, 10, cfg) == approx(0.2 + 0.4 * 0.6)
+    assert warmup_lambda(10, 10, cfg) == approx(0.6)
+
+
+def test_position_weights_are_float64() -> None:
+    assert position_weights(3, 0.15).dtype == torch.float64
+
+
+def test_solver_rewards_rejects_embeddings_of_a_rollout_without_steps_and_reports_tags() -> None:
+    no_steps = ParsedRollout("5", "5", "", [], 3, True, False)
+    untagged = ParsedRollout("5", "5", "", [], 3, False, False)
+    with pytest.raises(ValueError, match=r"step_embeddings\[0\] has 2 rows but rollout 0 has 0 steps"):
+        solver_rewards([no_steps, untagged], [emb(X, Y), emb()], 0.0, RewardConfig())
+    s = solver_rewards([no_steps, untagged], [torch.zeros(0), emb()], 0.0, RewardConfig())
+    assert s.tagged_fraction == 0.5 and s.answers == ["5", "5"]
+
+
+def test_leave_one_out_has_one_column_per_step_position() -> None:
+    S, D = leave_one_out([emb(X, Y, X), emb(Y, Y), emb(X)], [0, 1, 2])
+    assert S.shape == (3, 3) and D.shape == (3,)        # J = 3 steps, not the embedding size d = 2
+    assert D[1].item() == approx(0.0) and math.isnan(D[2].item())
+
+
+def test_embedding_rows_must_match_steps_whatever_the_tensor_shape() -> None:
+    two_steps = parse_rollout("<think>Step 1: a\nStep 2: b</think><answer>1</answer>", 8)
+    no_steps = ParsedRollout("1", "1", "", [], 3, True, False)
+    with pytest.raises(ValueError, match=r"has 0 rows but rollout 0 has 2 steps"):
+        solver_rewards([two_steps], [torch.zeros(0)], 0.0, RewardConfig())
+    with pytest.raises(ValueError, match=r"has 1 rows but rollout 0 has 0 steps"):
+        solver_rewards([no_steps], [torch.zeros(1, 1)], 0.0, RewardConfig())
+    # a member without steps may carry any embedding size; only members with steps must agree on d
+    agreement = step_agreement([torch.zeros(0, 5), emb(X), emb(X)], [0, 1, 2], 3, RewardConfig())
+    assert agreement.r_step[1] == approx(agreement.r_step[2]) and agreement.r_step[0] == 0.0
