@@ -224,7 +224,10 @@ def run_evaluation(
 
 def score_answers(task_obj, bench: Benchmark, doc: dict, answers: list[str]) -> list[float | None]:
     """Each answer scored as lmms-eval scores a greedy one: the headline's filter, then ``process_results``."""
-    from lmms_eval.api.reasoning import parse_reasoning_tags_config, strip_reasoning_tags
+    from lmms_eval.api.reasoning import (
+        parse_reasoning_tags_config,
+        strip_reasoning_tags,
+    )
 
     base_metric, _, filter_name = bench.metric.partition(",")
     resps: Any = [[a] for a in answers]
