@@ -41,7 +41,8 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
     """Scores, detailed metrics and per-item files of ``result`` onto run ``run_id``; returns the scores."""
     now = int(time.time() * 1000)
     metrics = [Metric(metric_name(EVAL_PREFIX + t), float(s), now, 0) for t, s in result.scores.items()]
-    metrics += [Metric(metric_name(EVAL_SAMPLED_PREFIX + t), float(s), now, 0) for t, s in result.sampled_scores.items()]
+    metrics += [Metric(metric_name(EVAL_SAMPLED_PREFIX + t), float(s), now, 0)
+                for t, s in result.sampled_scores.items()]
     for t, values in result.metrics.items():
         metrics += [Metric(metric_name(f"{EVAL_METRICS_PREFIX}{t}/{k}"), float(v), now, 0) for k, v in values.items()]
     for start in range(0, len(metrics), 1000):   # log_batch takes at most 1000 metrics

@@ -167,8 +167,8 @@ class IReasonerLMM(lmms):
             raise TypeError(
                 f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, protocol, "
                 "answer_extractor, batch_size, device, max_new_tokens, dtype, attn_implementation, min_pixels, "
-                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter, sampled_k, sample_temperature, "
-                "sample_seed")
+                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter, sampled_k, "
+                "sample_temperature, sample_seed")
         if protocol not in PROTOCOLS:
             raise ValueError(f"ireasoner model_args: protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol

@@ -25,6 +25,8 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,11 @@ def run_evaluation(
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         verbosity="WARNING",
     )
+    if k and lm.world_size > 1:
+        # lmms-eval gathers the scored requests on rank 0, but each rank drew the samples of its own shard.
+        from accelerate.utils import gather_object
+
+        lm.sampled = {key: v for part in gather_object([lm.sampled]) for key, v in part.items()}
     out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
                      protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge,
                      sampled_k=k)
@@ -212,8 +219,8 @@ def run_evaluation(
         return out
     output_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        sampled = _score_sampled(task, lm, task_manager) if task in sampled_tasks and k else {}
-        _collect(task, results, lm.generations, output_dir, out, sampled)
+        scorer = partial(_score_sampled, sampled=lm.sampled, task_manager=task_manager)
+        _collect(task, results, lm.generations, output_dir, out, scorer if task in sampled_tasks else None)
     out.results_path = output_dir / "results.json"
     summary = {k: v for k, v in results.items() if k != "samples"}
     summary["ireasoner"] = lm.info   # protocol and answer extractor beside lmms-eval's own config
@@ -245,21 +252,22 @@ def score_answers(task_obj, bench: Benchmark, doc: dict, answers: list[str]) -> 
     return scores
 
 
-def _score_sampled(task: str, lm, task_manager) -> dict[int, tuple[list[float | None], list[str]]]:
-    """doc_id -> (score of each of the k samples, their answers) for ``task``'s headline."""
+Sampled = dict[int, tuple[list[float | None], list[str]]]
+"""doc_id -> (the score of each of an item's k samples, their answers)."""
+
+
+def _score_sampled(bench: Benchmark, sampled: dict[tuple[str, int], list[str]], task_manager) -> Sampled:
+    """The samples the model drew for ``bench``'s task, each scored on the headline's metric."""
     from lmms_eval.tasks import get_task_dict
 
-    bench = BENCHMARKS.get(task) or Benchmark(task, task, "", 1.0, "general")
     task_obj = get_task_dict([bench.results_key], task_manager)[bench.results_key]
-    if not bench.metric:   # unknown task: its headline is the first metric it reports, as in headline()
-        return {}
     docs = task_obj.eval_docs
     return {doc_id: (score_answers(task_obj, bench, docs[doc_id], answers), answers)
-            for (name, doc_id), answers in lm.sampled.items() if name == bench.results_key}
+            for (name, doc_id), answers in sampled.items() if name == bench.results_key}
 
 
 def _collect(task: str, results: dict, generations: dict, output_dir: Path, out: EvalResult,
-             sampled: dict[int, tuple[list[float | None], list[str]]] | None = None) -> None:
+             score_sampled: Callable[[Benchmark], Sampled] | None = None) -> None:
     res = results["results"]
     subtasks = list((results.get("group_subtasks") or {}).get(task) or [])
     first = task if task in res else (subtasks[0] if subtasks else task)
@@ -279,6 +287,7 @@ def _collect(task: str, results: dict, generations: dict, output_dir: Path, out:
     out.metrics[task] = metrics
 
     base_metric, _, filter_name = bench.metric.partition(",")
+    sampled = score_sampled(bench) if score_sampled else None
     rows = []
     for s in (results.get("samples") or {}).get(bench.results_key, []):
         if s.get("filter") not in (None, filter_name):
@@ -293,17 +302,18 @@ def _collect(task: str, results: dict, generations: dict, output_dir: Path, out:
             "target": s.get("target"),
             "generation": generations.get((bench.results_key, int(s.get("doc_id", -1)))),
         })
-        if sampled:
+        if sampled is not None:
             item_scores, answers = sampled.get(int(s.get("doc_id", -1)), ([], []))
             known = [x for x in item_scores if x is not None]
             rows[-1].update(sampled_score=sum(known) / len(known) if known and len(known) == len(item_scores)
                             else None, sampled_item_scores=item_scores, sampled_predictions=answers)
-    if sampled:
+    if sampled is not None:
         per_item = [r["sampled_score"] for r in rows]
         if per_item and all(x is not None for x in per_item):
             out.sampled_scores[task] = sum(per_item) / len(per_item)
         else:
-            out.notes.append(f"{task}: avg@{out.sampled_k} not scored (its metric is not a number per item)")
+            out.notes.append(f"{task}: avg@{out.sampled_k} not scored (an item without samples, or a per-item "
+                             f"{base_metric!r} that is not a number)")
     path = output_dir / "samples" / f"{task}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
