@@ -125,7 +125,8 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
             with concurrency_slot(TRAINING_LIMIT, f"evaluation of {plan.key}", log):
                 scores = evaluate_variant.with_options(task_run_name=f"evaluate-{plan.key}")(
                     plan.model, adapter, list(evaluation.tasks), str(Path(plan.output_dir) / "eval"), run_id,
-                    limit=evaluation.limit, tracking_uri=tracking, protocol=evaluation.protocol)
+                    limit=evaluation.limit, tracking_uri=tracking, protocol=evaluation.protocol,
+                    sampled_k=evaluation.sampled_k)
             # What a later sweep's re-use matches on: scores on this many items per benchmark.
             client.set_tag(run_id, TAG_EVAL_LIMIT, eval_limit_tag(evaluation.limit))
         else:

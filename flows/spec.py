@@ -99,6 +99,9 @@ class EvaluationSpec(_Spec):
     protocol: Literal["lmms_eval", "solver"] = Field(
         "lmms_eval", description="'lmms_eval' = lmms-eval's Qwen2.5-VL prompting (paper table 1); 'solver' = the "
                                  "training prompt with reasoning (docs/evaluation.md).")
+    sampled_k: int | None = Field(
+        None, ge=0, description="Sampled accuracy avg@k: k answers per item at temperature 1, scored beside the "
+                                "greedy one. None = 5 on the mini tasks and off on the others; 0 = off.")
 
 
 class ResourcesSpec(_Spec):

@@ -34,12 +34,14 @@ BASELINE = "baseline"
 # Metrics
 TRAIN_PREFIX = "train/"                     # per-iteration signals, step = global iteration
 EVAL_PREFIX = "eval/"                       # eval/<task> = headline score in [0, 100]
+EVAL_SAMPLED_PREFIX = "eval_sampled/"       # eval_sampled/<task> = avg@k (k = param eval_sampled_k), [0, 100]
+EVAL_SAMPLED_K_PARAM = "eval_sampled_k"
 
 # Artifacts (paths inside a run's artifact root)
 ARTIFACT_METRICS_JSONL = "train/metrics.jsonl"
 ARTIFACT_CONFIG = "train/config.yaml"
 ARTIFACT_ADAPTERS = "adapters"              # adapters/solver, adapters/proposer
-EVAL_SAMPLES_DIR = "eval_samples"           # eval_samples/<task>.jsonl: {"doc_id", "score", ...} per item
+EVAL_SAMPLES_DIR = "eval_samples"           # eval_samples/<task>.jsonl: {"doc_id", "score", "sampled_score", ...}
 RESULTS_TABLE = "results_table.json"        # mlflow.log_table on the parent run
 FIGURES_DIR = "figures"
 

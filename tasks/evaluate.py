@@ -4,6 +4,8 @@ On the variant's run (passed explicitly: MLflow's active run is thread-local and
 tasks in worker threads) it logs ``eval/<task>`` = headline score in 0-100, every lmms-eval
 metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples/<task>.jsonl``
 (what the report's paired bootstrap reads back) and lmms-eval's results JSON, plus the
+sampled accuracy ``eval_sampled/<task>`` (avg@k, 0-100; its k as param ``eval_sampled_k``;
+per item as ``sampled_score`` in the same JSONL) where it was measured, and the
 evaluation protocol, answer extractor and MathVista extractor as params ``eval_protocol``,
 ``eval_answer_extractor``, ``eval_math_judge`` (and the same names as ``ireasoner.*`` tags).
 """
@@ -22,7 +24,13 @@ from prefect.exceptions import MissingContextError
 
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
-from tasks.conventions import EVAL_PREFIX, EVAL_SAMPLES_DIR, metric_name
+from tasks.conventions import (
+    EVAL_PREFIX,
+    EVAL_SAMPLED_K_PARAM,
+    EVAL_SAMPLED_PREFIX,
+    EVAL_SAMPLES_DIR,
+    metric_name,
+)
 from tasks.runs import tracking_uri as default_tracking_uri
 
 EVAL_METRICS_PREFIX = "eval_metrics/"   # eval/<task> stays the headline; details live apart
@@ -33,6 +41,8 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
     """Scores, detailed metrics and per-item files of ``result`` onto run ``run_id``; returns the scores."""
     now = int(time.time() * 1000)
     metrics = [Metric(metric_name(EVAL_PREFIX + t), float(s), now, 0) for t, s in result.scores.items()]
+    metrics += [Metric(metric_name(EVAL_SAMPLED_PREFIX + t), float(s), now, 0)
+                for t, s in result.sampled_scores.items()]
     for t, values in result.metrics.items():
         metrics += [Metric(metric_name(f"{EVAL_METRICS_PREFIX}{t}/{k}"), float(v), now, 0) for k, v in values.items()]
     for start in range(0, len(metrics), 1000):   # log_batch takes at most 1000 metrics
@@ -47,6 +57,8 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
                        ("eval_math_judge", result.math_judge)):
         client.log_param(run_id, key, value)
         client.set_tag(run_id, f"ireasoner.{key}", value)
+    if result.sampled_scores:
+        client.log_param(run_id, EVAL_SAMPLED_K_PARAM, result.sampled_k)
     if result.adapter:
         client.set_tag(run_id, "ireasoner.eval_adapter", result.adapter)
     return dict(result.scores)
@@ -62,16 +74,18 @@ def _logger():
 @task(name="evaluate", task_run_name="evaluate-{mlflow_run_id}")
 def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list[str], output_dir: str,
                      mlflow_run_id: str, limit: int | None = None,
-                     tracking_uri: str | None = None, protocol: str = "lmms_eval") -> dict[str, float]:
+                     tracking_uri: str | None = None, protocol: str = "lmms_eval",
+                     sampled_k: int | None = None) -> dict[str, float]:
     """Run the lmms-eval tasks on base + ``adapter`` (None = the untrained baseline) and log them.
 
     ``tracking_uri`` None: ``MLFLOW_TRACKING_URI``, else the flow's store (``tasks.runs.tracking_uri``).
     ``protocol``: lmms_eval (paper table 1, the default) or solver; see docs/evaluation.md.
+    ``sampled_k``: avg@k's k (None: 5 on the mini tasks, none elsewhere; 0: off).
     """
     log = _logger()
     cfg = ModelConfig.model_validate(model_cfg)
     result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit,
-                             protocol=protocol)
+                             protocol=protocol, sampled_k=sampled_k)
     if not result.is_main_process:
         return {}
     for note in result.notes:

@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
+from ireasoner_core.evaluation.benchmarks import sampled_key
 from ireasoner_core.reports.figures import (
     read_jsonl,
     training_figures,
@@ -33,6 +34,8 @@ from ireasoner_core.reports.figures import (
 from ireasoner_core.reports.tables import AVERAGE, Cell, Table, VariantRun, paper_tables
 from tasks.conventions import (
     EVAL_PREFIX,
+    EVAL_SAMPLED_K_PARAM,
+    EVAL_SAMPLED_PREFIX,
     EVAL_SAMPLES_DIR,
     EXPERIMENT,
     FIGURES_DIR,
@@ -130,10 +133,17 @@ def _artifact_names(client: MlflowClient, run_id: str, path: str) -> set[str]:
 
 
 def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRun:
-    """Scores from ``eval/<task>`` metrics, per-item scores from ``eval_samples/<task>.jsonl``."""
+    """Scores from ``eval/<task>`` metrics, per-item scores from ``eval_samples/<task>.jsonl``.
+
+    Where avg@k was measured (``eval_sampled/<task>``), it joins the scores as column
+    ``<task>@avg<k>`` with the JSONL's ``sampled_score`` as its items.
+    """
     run_id = run.info.run_id
     scores = {k[len(EVAL_PREFIX):]: float(v) for k, v in run.data.metrics.items()
               if k.startswith(EVAL_PREFIX) and "/" not in k[len(EVAL_PREFIX):]}
+    k = run.data.params.get(EVAL_SAMPLED_K_PARAM)
+    sampled = {sampled_key(name[len(EVAL_SAMPLED_PREFIX):], int(k)): (name[len(EVAL_SAMPLED_PREFIX):], float(v))
+               for name, v in run.data.metrics.items() if k and name.startswith(EVAL_SAMPLED_PREFIX)}
     items: dict[str, dict[str, float]] = {}
     available = _artifact_names(client, run_id, EVAL_SAMPLES_DIR) if scores else set()
     for task in scores:
@@ -141,8 +151,10 @@ def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRu
             continue
         local = client.download_artifacts(run_id, f"{EVAL_SAMPLES_DIR}/{task}.jsonl", str(scratch))
         rows = read_jsonl(Path(local))
-        if rows and all(r.get("score") is not None for r in rows):
-            items[task] = {str(r["doc_id"]): float(r["score"]) for r in rows}
+        for key, field in ((task, "score"), *((s, "sampled_score") for s, (t, _) in sampled.items() if t == task)):
+            if rows and all(r.get(field) is not None for r in rows):
+                items[key] = {str(r["doc_id"]): float(r[field]) for r in rows}
+    scores.update({key: value for key, (_, value) in sampled.items()})
     seed = run.data.tags.get(TAG_SEED, "0")
     # Runs evaluated before the protocol was recorded used the Solver's prompt (then the only one).
     protocol = run.data.params.get("eval_protocol", "solver")

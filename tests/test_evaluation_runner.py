@@ -64,11 +64,20 @@ def test_mini_tasks_evaluate_offline_and_samples_match_scores(no_network, tmp_pa
         assert all(r["score"] in (0.0, 100.0) and r["generation"] is not None for r in rows)
         # the headline is the mean of the per-item scores, on 0-100
         assert res.scores[task] == pytest.approx(sum(r["score"] for r in rows) / 3)
+        # avg@5 (on by default for the mini tasks): per item the mean of its 5 sample scores, and the
+        # task's avg@5 the mean over the same items
+        assert res.sampled_k == 5
+        for r in rows:
+            assert len(r["sampled_item_scores"]) == len(r["sampled_predictions"]) == 5
+            assert set(r["sampled_item_scores"]) <= {0.0, 100.0}
+            assert r["sampled_score"] == pytest.approx(sum(r["sampled_item_scores"]) / 5)
+        assert res.sampled_scores[task] == pytest.approx(sum(r["sampled_score"] for r in rows) / 3)
         assert res.metrics[task] and all("," not in k for k in res.metrics[task])
     assert res.metrics["ireasoner_chartqa_mini"]["relaxed_overall"] * 100 == pytest.approx(
         res.scores["ireasoner_chartqa_mini"])
     summary = json.loads(res.results_path.read_text())
     assert set(MINI_TASKS) <= set(summary["results"])
+    assert summary["ireasoner"]["sampled_k"] == 5 and summary["ireasoner"]["sample_temperature"] == 1.0
     assert no_network == []   # not even a DNS lookup was tried
 
 

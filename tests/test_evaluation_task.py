@@ -30,11 +30,14 @@ def test_evaluate_variant_logs_on_the_given_run(tmp_path, monkeypatch, embedded_
         local = client.download_artifacts(run_id, f"eval_samples/{task}.jsonl", str(tmp_path / "dl"))
         rows = [json.loads(line) for line in Path(local).read_text().splitlines()]
         assert len(rows) == 2 and sum(r["score"] for r in rows) / 2 == pytest.approx(scores[task])
+        # avg@5, on by default for the mini tasks, is logged beside the greedy headline
+        assert metrics[f"eval_sampled/{task}"] == pytest.approx(sum(r["sampled_score"] for r in rows) / 2)
     assert "eval_metrics/ireasoner_chartqa_mini/relaxed_overall" in metrics
     assert not any("," in k for k in metrics)
     run = client.get_run(run_id).data
     assert (run.params["eval_protocol"], run.params["eval_answer_extractor"]) == ("lmms_eval", "evolmm")
     assert run.tags["ireasoner.eval_protocol"] == "lmms_eval" and run.params["eval_math_judge"] == "local"
+    assert run.params["eval_sampled_k"] == "5"
     local = client.download_artifacts(run_id, "eval_results/results.json", str(tmp_path / "dl"))
     recorded = json.loads(Path(local).read_text())["ireasoner"]
     assert (recorded["protocol"], recorded["answer_extractor"]) == ("lmms_eval", "evolmm")

@@ -46,7 +46,7 @@ def test_a_variant_trained_without_evaluation_is_evaluated_when_a_sweep_asks(har
     (run_dir,) = (tmp_path / "runs" / "noeval").glob("full-s0-*")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter-000001", "iter-000002"]
 
-    evaluated = {**spec, "evaluation": {"tasks": [TASK], "limit": 2}}
+    evaluated = {**spec, "evaluation": {"tasks": [TASK], "limit": 2, "sampled_k": 3}}
     second = ireasoner(spec=evaluated)
     (row2,) = second["rows"]
     # Not a skip of the unevaluated run: a new run, resumed at its final checkpoint, with a score.
@@ -55,8 +55,10 @@ def test_a_variant_trained_without_evaluation_is_evaluated_when_a_sweep_asks(har
     run2 = client.get_run(row2["mlflow_run_id"])
     assert run2.data.tags["ireasoner.start_iteration"] == "2"
     assert f"eval/{TASK}" in run2.data.metrics
+    # the spec's evaluation.sampled_k reaches the evaluation: avg@3 beside the greedy score
+    assert f"eval_sampled/{TASK}" in run2.data.metrics and run2.data.params["eval_sampled_k"] == "3"
     table1 = (tmp_path / "runs" / "noeval" / "report" / "tables" / "table1.md").read_text()
-    assert "iReasoner (full)" in table1
+    assert "iReasoner (full)" in table1 and "avg@3" in table1
 
     third = ireasoner(spec=evaluated)
     (row3,) = third["rows"]

@@ -41,6 +41,11 @@ RUNS = [
 ]
 
 
+def sampled_items(variant, a):
+    """avg@5 per item of task A: a made-up sharpening, 20 points higher per item for the trained variants."""
+    return [s / 2 + (0 if variant == "baseline" else 20) for s in a]
+
+
 def _log_variant(client, exp_id, parent, tmp_path, variant, seed, status, a, b):
     run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, TAG_KIND: KIND_VARIANT,
                                           TAG_VARIANT: variant, TAG_SEED: str(seed), TAG_STATUS: status})
@@ -50,12 +55,15 @@ def _log_variant(client, exp_id, parent, tmp_path, variant, seed, status, a, b):
     samples = {}
     for task, items in ((A, a), (B, b)):
         samples[task] = folder / f"{task}.jsonl"
-        samples[task].write_text("".join(json.dumps({"doc_id": i, "score": float(s), "prediction": "x", "target": "y"})
-                                         + "\n" for i, s in enumerate(items)))
+        sampled = sampled_items(variant, items) if task == A else [None] * len(items)
+        samples[task].write_text("".join(json.dumps({"doc_id": i, "score": float(s), "prediction": "x", "target": "y",
+                                                     **({"sampled_score": x} if x is not None else {})})
+                                         + "\n" for i, (s, x) in enumerate(zip(items, sampled))))
     scores = {A: sum(a) / len(a), B: sum(b) / len(b)}
     log_eval_result(client, rid, EvalResult(model="embedded", tasks=[A, B], scores=scores,
                                             metrics={t: {"relaxed_overall": s / 100} for t, s in scores.items()},
-                                            samples=samples))
+                                            samples=samples, sampled_k=5,
+                                            sampled_scores={A: sum(sampled_items(variant, a)) / len(a)}))
     return rid, scores
 
 
@@ -112,6 +120,24 @@ def test_table1_equals_the_logged_metrics(store, report):
     # A: full [100, 100, 50, 0, 100] - base [100, 0, 0, 0, 100] = [0, 100, 50, 0, 0] -> mean 30
     assert float(cell[("full", A)]["delta"]) == pytest.approx(30.0)
     assert float(cell[("full", A)]["ci_low"]) <= 30.0 <= float(cell[("full", A)]["ci_high"])
+
+
+def test_avg_at_k_is_logged_and_table1_shows_it_with_a_paired_interval(store, report):
+    _, client, _, logged, _ = store
+    run = client.get_run(logged[("baseline", 0)][0]).data
+    assert run.params["eval_sampled_k"] == "5"
+    assert run.metrics[f"eval_sampled/{A}"] == pytest.approx(sum(sampled_items("baseline", RUNS[0][3])) / 5)
+    assert f"eval_sampled/{B}" not in run.metrics
+    rows = list(csv.DictReader(io.StringIO(report.tables["table1"][1].read_text())))
+    cell = {(r["method"], r["benchmark"]): r for r in rows}
+    assert float(cell[("baseline", f"{A}@avg5")]["mean"]) == pytest.approx(run.metrics[f"eval_sampled/{A}"])
+    # full per item: mean over seeds of a/2 + 20 = [70, 70, 45, 20, 70]; baseline a/2 = [50, 0, 0, 0, 50]
+    # d = [20, 70, 45, 20, 20] -> mean 35, every resample's mean within [20, 70]
+    full = cell[("full", f"{A}@avg5")]
+    assert float(full["delta"]) == pytest.approx(35.0) and full["n_items"] == "5"
+    assert 20.0 <= float(full["ci_low"]) < 35.0 < float(full["ci_high"]) <= 70.0
+    assert (("full", f"{B}@avg5")) not in cell
+    assert "ChartQA-mini avg@5" in report.tables["table1"][0].read_text()
 
 
 def test_failed_runs_are_left_out_and_said_so(store, report):

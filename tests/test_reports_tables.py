@@ -137,3 +137,32 @@ def test_tables_without_runs_of_their_own_are_left_out():
     only_main = [r for r in RUNS if r.variant in ("baseline", "full")]
     assert [t.name for t in paper_tables(only_main, n_resamples=100)] == ["table1"]
     assert paper_tables([r for r in RUNS if r.variant == "baseline"], n_resamples=100) == []
+
+
+def test_avg_at_k_columns_sit_beside_their_task_with_their_own_paired_interval():
+    from ireasoner_core.evaluation.benchmarks import sampled_key
+
+    S = sampled_key(A, 5)
+
+    def run(variant, greedy, sampled):
+        r = _run(variant, 0, greedy, [0, 0, 100, 0])
+        r.items[S] = {str(i): v for i, v in enumerate(sampled)}
+        r.scores[S] = sum(sampled) / len(sampled)
+        return r
+
+    # Greedy unchanged on A (50 -> 50) while sampled accuracy sharpens: d = [20, 40, 20, 40]
+    runs = [run("baseline", [100, 0, 0, 100], [60, 20, 0, 40]), run("full", [100, 0, 0, 100], [80, 60, 20, 80])]
+    t = build_table("table1", "Table 1", runs, ["baseline", "full"], n_resamples=5000)
+    assert t.benchmarks == [A, S, B, AVERAGE]
+    greedy, sampled = t.cell("full", A), t.cell("full", S)
+    assert greedy.delta == 0.0 and sampled.mean == 60.0 and sampled.delta == 30.0 and sampled.n_items == 4
+    # every resample of d lies in [20, 40], and not all at one end
+    assert 20.0 <= sampled.ci_low < 30.0 < sampled.ci_high <= 40.0
+    # Avg stays over the greedy columns: (50 + 25) / 2 for both rows
+    assert t.cell("full", AVERAGE).mean == 37.5 and t.cell("full", AVERAGE).delta == 0.0
+    md = t.to_markdown()
+    assert "ChartQA-mini avg@5" in md and f"+30.00 [{sampled.ci_low:+.2f}, {sampled.ci_high:+.2f}]" in md
+    assert "temperature 1" in md
+    # asked for by task name, the avg@k column still comes along
+    assert build_table("table1", "T", runs, ["baseline", "full"], tasks=[A], n_resamples=100).benchmarks == [
+        A, S, AVERAGE]

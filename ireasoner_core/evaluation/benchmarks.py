@@ -62,6 +62,23 @@ MINI_TASKS: list[str] = [b.task for b in MINI_BENCHMARKS]
 TABLE1_TASKS: list[str] = [b.task for b in TABLE1_BENCHMARKS if b.task != "mathvision_test"]
 
 
+SAMPLED_MARK = "@avg"
+
+
+def sampled_key(task: str, k: int) -> str:
+    """Name of a task's avg@k column in the tables: 'ireasoner_ai2d_mini@avg5'."""
+    return f"{task}{SAMPLED_MARK}{k}"
+
+
+def split_sampled(key: str) -> tuple[str, int | None]:
+    """(task, k) of an avg@k column; (key, None) for a greedy one."""
+    task, mark, k = key.rpartition(SAMPLED_MARK)
+    return (task, int(k)) if mark and task and k.isdigit() else (key, None)
+
+
 def label(task: str) -> str:
-    """Column title for a task; unknown tasks keep their lmms-eval name."""
+    """Column title for a task; unknown tasks keep their lmms-eval name; avg@k columns say so."""
+    base, k = split_sampled(task)
+    if k is not None:
+        return f"{label(base)} avg@{k}"
     return BENCHMARKS[task].label if task in BENCHMARKS else task

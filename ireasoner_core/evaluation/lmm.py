@@ -23,6 +23,12 @@ result):
     lmms-eval scores is the text of the answer tag (``answer_extractor=solver``); greedy unless the
     task asks for a temperature.
 
+Sampled accuracy (``sampled_k=k``, default 0 = off): after the greedy pass, every request is
+answered ``k`` more times at temperature ``sample_temperature`` (1.0; top-p 1, the same prompt,
+stop strings and length as its greedy answer), with ``torch`` seeded by ``sample_seed`` first so a
+rerun draws the same samples. The answers wait in ``sampled`` (task, doc_id) -> [answer] for the
+runner, which scores each with the task's own filters and ``process_results`` (avg@k).
+
 Runs on CPU, CUDA and ROCm (``device``), as one process or one per device under
 ``accelerate launch`` (lmms-eval shards the documents by rank; each process holds a full copy).
 """
@@ -63,6 +69,13 @@ LMMS_EVAL_DTYPE = "bfloat16"
 LMMS_EVAL_MAX_NEW_TOKENS = 32768   # when the task gives none
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED = "\\boxed{"
+
+
+class _Request:
+    """What the generators read of an lmms-eval ``Instance`` (its ``args``), for the avg@k copies."""
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
 
 
 class AdapterError(ValueError):
@@ -143,6 +156,10 @@ class IReasonerLMM(lmms):
         merge_adapter: bool = True,
         model_cfg: ModelConfig | None = None,
         max_batch_size: int | None = None,  # lmms-eval's CLI always passes it; auto batch sizing is not supported
+        sampled_k: int = 0,
+        sample_temperature: float = 1.0,
+        sample_seed: int = 0,
+        sampled_tasks: list[str] | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -150,10 +167,22 @@ class IReasonerLMM(lmms):
             raise TypeError(
                 f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, protocol, "
                 "answer_extractor, batch_size, device, max_new_tokens, dtype, attn_implementation, min_pixels, "
-                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter")
+                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter, sampled_k, "
+                "sample_temperature, sample_seed")
         if protocol not in PROTOCOLS:
             raise ValueError(f"ireasoner model_args: protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
+        self.sampled_k = int(sampled_k)
+        self.sample_temperature = float(sample_temperature)
+        if self.sampled_k < 0:
+            raise ValueError(f"ireasoner model_args: sampled_k must be >= 0 (0 = greedy only), got {sampled_k}")
+        if self.sampled_k and self.sample_temperature <= 0:
+            raise ValueError(f"ireasoner model_args: sample_temperature must be > 0, got {sample_temperature}")
+        self.sample_seed = int(sample_seed)
+        # None: every task; the runner limits avg@k to the tasks it was asked for.
+        self.sampled_tasks = set(sampled_tasks) if sampled_tasks is not None else None
+        self.sampled: dict[tuple[str, int], list[str]] = {}
+        self.sampled_generations: dict[tuple[str, int], list[str]] = {}
         self.answer_extractor = answer_extractor or DEFAULT_EXTRACTOR[protocol]
         if self.answer_extractor not in ANSWER_EXTRACTORS:
             raise ValueError(f"ireasoner model_args: answer_extractor must be one of {list(ANSWER_EXTRACTORS)}, "
@@ -272,7 +301,9 @@ class IReasonerLMM(lmms):
         return {"protocol": self.protocol, "answer_extractor": self.answer_extractor, "math_judge": self.math_judge,
                 "batch_size": self.batch_size, "dtype": self.dtype,
                 **({"min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "system_prompt": self.system_prompt}
-                   if self.protocol == "lmms_eval" else {"max_new_tokens": self.max_new_tokens})}
+                   if self.protocol == "lmms_eval" else {"max_new_tokens": self.max_new_tokens}),
+                **({"sampled_k": self.sampled_k, "sample_temperature": self.sample_temperature,
+                    "sample_seed": self.sample_seed} if self.sampled_k else {})}
 
     # lmms-eval reads these
     @property
@@ -302,9 +333,33 @@ class IReasonerLMM(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Generations for the requests, each reduced to its answer by ``answer_extractor``."""
-        if self.protocol == "lmms_eval":
-            return self._generate_until_lmms_eval(requests)
-        return self._generate_until_solver(requests)
+        generate = self._generate_until_lmms_eval if self.protocol == "lmms_eval" else self._generate_until_solver
+        pairs = generate(requests)
+        for req, (text, _) in zip(requests, pairs):
+            self.generations[(req.args[4], int(req.args[3]))] = text
+        if self.sampled_k:
+            self._sample(requests, generate)
+        return [answer for _, answer in pairs]
+
+    def _sample(self, requests: list[Instance], generate) -> None:
+        """avg@k: ``sampled_k`` answers per request at ``sample_temperature``, seeded by ``sample_seed``."""
+        chosen = [r for r in requests if self.sampled_tasks is None or r.args[4] in self.sampled_tasks]
+        if not chosen:
+            return
+        k = self.sampled_k
+        copies = []
+        for req in chosen:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            settings = {**(gen_kwargs or {}), "temperature": self.sample_temperature, "top_p": 1.0}
+            copies += [_Request((context, settings, doc_to_visual, doc_id, task, split))] * k
+        # Greedy decoding draws no random numbers, so seeding here makes the samples depend only
+        # on the seed, the requests and the batch size, not on what ran before.
+        torch.manual_seed(self.sample_seed)
+        pairs = generate(copies, cache=False)
+        for i, req in enumerate(chosen):
+            key = (req.args[4], int(req.args[3]))
+            self.sampled_generations[key] = [text for text, _ in pairs[i * k:(i + 1) * k]]
+            self.sampled[key] = [answer for _, answer in pairs[i * k:(i + 1) * k]]
 
     # ------------------------------------------------------------------ protocol=lmms_eval
     def _lmms_eval_messages(self, context: str, images: list[Image.Image]) -> list[dict]:
@@ -319,7 +374,7 @@ class IReasonerLMM(lmms):
                 {"role": "user", "content": content + [{"type": "text", "text": text}]}]
 
     @torch.no_grad()
-    def _generate_until_lmms_eval(self, requests: list[Instance]) -> list[str]:
+    def _generate_until_lmms_eval(self, requests: list[Instance], cache: bool = True) -> list[tuple[str, str]]:
         from lmms_eval import utils
         from qwen_vl_utils import process_vision_info
         from tqdm import tqdm
@@ -328,7 +383,7 @@ class IReasonerLMM(lmms):
             return -len(self.tokenizer.encode(args[0])), args[0]
 
         reorder = utils.Collator([r.args for r in requests], by_length, grouping=True)
-        answers: list[str] = []
+        answers: list[tuple[str, str]] = []
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="ireasoner generating")
         for chunk in reorder.get_batched(n=self.batch_size, batch_fn=None):
             contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
@@ -356,13 +411,13 @@ class IReasonerLMM(lmms):
             )
             completions = self.processor.batch_decode([o[len(i):] for i, o in zip(inputs["input_ids"], out)],
                                                       skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            for text, context, task, doc_id in zip(completions, contexts, tasks, doc_ids):
+            for text, context in zip(completions, contexts):
                 for stop in until:
                     text = text.split(stop)[0]
-                self.generations[(task, int(doc_id))] = text
                 answer = extract_answer(text, self.answer_extractor)
-                answers.append(answer)
-                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
+                answers.append((text, answer))
+                if cache:
+                    self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
             bar.update(len(chunk))
         bar.close()
         return reorder.get_original(answers)
@@ -392,7 +447,7 @@ class IReasonerLMM(lmms):
         completion = out[:, enc["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(completion, skip_special_tokens=True)
 
-    def _generate_until_solver(self, requests: list[Instance]) -> list[str]:
+    def _generate_until_solver(self, requests: list[Instance], cache: bool = True) -> list[tuple[str, str]]:
         from tqdm import tqdm
 
         prepared = []
@@ -404,7 +459,7 @@ class IReasonerLMM(lmms):
             prepared.append((idx, prompt, images, gen_kwargs or {}, key, task, doc_id))
         # Same decoding settings per batch; within them, similar prompt lengths (less padding).
         prepared.sort(key=lambda p: (p[4], -len(p[1])))
-        answers: list[str] = [""] * len(requests)
+        answers: list[tuple[str, str]] = [("", "")] * len(requests)
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="ireasoner generating")
         start = 0
         while start < len(prepared):
@@ -414,8 +469,7 @@ class IReasonerLMM(lmms):
                 batch.append(prepared[start + len(batch)])
             texts = self._solver_generate([p[1] for p in batch], [p[2] for p in batch], batch[0][3])
             for p, text in zip(batch, texts):
-                self.generations[(p[5], int(p[6]))] = text
-                answers[p[0]] = extract_answer(text, self.answer_extractor)
+                answers[p[0]] = (text, extract_answer(text, self.answer_extractor))
             bar.update(len(batch))
             start += len(batch)
         bar.close()

@@ -6,6 +6,13 @@ metric under an MLflow-safe name, and a per-item JSONL per task
 (``{"doc_id", "score", "prediction", "target", "generation"}``, ``score`` on the headline's
 scale so that the mean of the items is the headline) for the paired bootstrap.
 
+Sampled accuracy (avg@k, ``sampled_k``; 5 for the mini tasks by default, off for the others): each
+item is also answered k times at temperature 1 (``lmm.py``), each answer scored as lmms-eval scores
+the greedy one (the headline's filter, then the task's ``process_results``), and the item's avg@k
+is the mean of its k scores. It is ``sampled_scores[task]`` (0-100) and, per item, the JSONL's
+``sampled_score`` beside ``sampled_item_scores``/``sampled_predictions``: same doc_ids as the
+greedy ``score``, so the reports bootstrap both the same way.
+
 Mini tasks are built locally on demand and never touch the network. Any other task is run
 unchanged from lmms-eval's registry; its dataset is loaded before the model is built, and if it
 cannot be reached the error names the task (never a silent skip).
@@ -18,6 +25,8 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,9 @@ from ..config import ModelConfig
 from . import tasks_include_path
 from .benchmarks import BENCHMARKS, MINI_TASKS, Benchmark
 from .minibench import ensure_mini_dataset
+
+DEFAULT_SAMPLED_K = 5
+"""avg@k's k for the mini tasks when none is given; the table-1 tasks get 0 (GPU cost unchanged)."""
 
 _METRIC_BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
 
@@ -64,6 +76,10 @@ class EvalResult(BaseModel):
     """How the scored answer was cut from each generation (``lmm.extract_answer``)."""
     math_judge: str = "local"
     """MathVista's answer extraction: lmms-eval's rules without its LLM judge, or the judge (``math_judge.py``)."""
+    sampled_k: int = 0
+    """Samples per item behind ``sampled_scores`` (0: greedy only)."""
+    sampled_scores: dict[str, float] = Field(default_factory=dict,
+                                             description="task -> avg@k: mean accuracy of k samples at T=1, 0-100")
 
 
 def metric_name(name: str) -> str:
@@ -151,12 +167,14 @@ def run_evaluation(
     protocol: str = "lmms_eval",
     answer_extractor: str | None = None,
     math_judge: str = "local",
+    sampled_k: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model_cfg`` (+ ``adapter``) on ``tasks`` with lmms-eval; files go to ``output_dir``.
 
     ``batch_size`` None: the plugin's default (64 for the embedded model, 8 otherwise);
     ``max_new_tokens`` None: the task's (protocol lmms_eval) or the plugin's (solver: 96 / 512).
     ``protocol``/``answer_extractor``: see ``lmm.py``; both are recorded in the result and results JSON.
+    ``sampled_k`` None: avg@``DEFAULT_SAMPLED_K`` on the mini tasks only; 0: off; k: avg@k on every task.
     """
     from lmms_eval.evaluator import simple_evaluate
 
@@ -172,24 +190,37 @@ def run_evaluation(
     install_math_judge(math_judge)   # before lmms-eval imports MathVista's module (check_tasks does)
     task_manager = _task_manager()
     check_tasks(tasks, task_manager)
+    if sampled_k is not None and sampled_k < 0:
+        raise EvaluationError(f"sampled_k must be >= 0 (0 = greedy only), got {sampled_k}")
+    sampled_tasks = [t for t in tasks if sampled_k or (sampled_k is None and t in MINI_TASKS)]
+    k = (DEFAULT_SAMPLED_K if sampled_k is None else sampled_k) if sampled_tasks else 0
+    sampled_keys = [BENCHMARKS[t].results_key if t in BENCHMARKS else t for t in sampled_tasks]
     lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
                       device=device, max_new_tokens=max_new_tokens, protocol=protocol,
-                      answer_extractor=answer_extractor, math_judge=math_judge)
+                      answer_extractor=answer_extractor, math_judge=math_judge,
+                      sampled_k=k, sample_seed=seed, sampled_tasks=sampled_keys)
     results = simple_evaluate(
         model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
         bootstrap_iters=0,  # lmms-eval's own stderr; the reports bootstrap paired differences instead
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         verbosity="WARNING",
     )
+    if k and lm.world_size > 1:
+        # lmms-eval gathers the scored requests on rank 0, but each rank drew the samples of its own shard.
+        from accelerate.utils import gather_object
+
+        lm.sampled = {key: v for part in gather_object([lm.sampled]) for key, v in part.items()}
     out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
-                     protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge)
+                     protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge,
+                     sampled_k=k)
     if results is None:  # a non-zero rank: rank 0 holds the gathered results
         out.is_main_process = False
         out.seconds = time.perf_counter() - started
         return out
     output_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        _collect(task, results, lm.generations, output_dir, out)
+        scorer = partial(_score_sampled, sampled=lm.sampled, task_manager=task_manager)
+        _collect(task, results, lm.generations, output_dir, out, scorer if task in sampled_tasks else None)
     out.results_path = output_dir / "results.json"
     summary = {k: v for k, v in results.items() if k != "samples"}
     summary["ireasoner"] = lm.info   # protocol and answer extractor beside lmms-eval's own config
@@ -198,7 +229,45 @@ def run_evaluation(
     return out
 
 
-def _collect(task: str, results: dict, generations: dict, output_dir: Path, out: EvalResult) -> None:
+def score_answers(task_obj, bench: Benchmark, doc: dict, answers: list[str]) -> list[float | None]:
+    """Each answer scored as lmms-eval scores a greedy one: the headline's filter, then ``process_results``."""
+    from lmms_eval.api.reasoning import (
+        parse_reasoning_tags_config,
+        strip_reasoning_tags,
+    )
+
+    base_metric, _, filter_name = bench.metric.partition(",")
+    resps: Any = [[a] for a in answers]
+    ensemble = next((f for f in getattr(task_obj, "_filters", []) if f.name == filter_name), None)
+    for flt in ensemble.filters if ensemble else []:
+        resps = list(flt.apply(resps, [doc] * len(answers)))
+    tags = parse_reasoning_tags_config(cli_value=None, task_value=getattr(task_obj.config, "reasoning_tags", None))
+    scores: list[float | None] = []
+    for resp in resps:
+        if tags is not None and isinstance(resp, str):
+            resp = strip_reasoning_tags(resp, tags)
+        value = task_obj.process_results(doc, [resp]).get(base_metric)
+        numeric = isinstance(value, (int, float)) and math.isfinite(float(value))
+        scores.append(float(value) * bench.scale if numeric else None)
+    return scores
+
+
+Sampled = dict[int, tuple[list[float | None], list[str]]]
+"""doc_id -> (the score of each of an item's k samples, their answers)."""
+
+
+def _score_sampled(bench: Benchmark, sampled: dict[tuple[str, int], list[str]], task_manager) -> Sampled:
+    """The samples the model drew for ``bench``'s task, each scored on the headline's metric."""
+    from lmms_eval.tasks import get_task_dict
+
+    task_obj = get_task_dict([bench.results_key], task_manager)[bench.results_key]
+    docs = task_obj.eval_docs
+    return {doc_id: (score_answers(task_obj, bench, docs[doc_id], answers), answers)
+            for (name, doc_id), answers in sampled.items() if name == bench.results_key}
+
+
+def _collect(task: str, results: dict, generations: dict, output_dir: Path, out: EvalResult,
+             score_sampled: Callable[[Benchmark], Sampled] | None = None) -> None:
     res = results["results"]
     subtasks = list((results.get("group_subtasks") or {}).get(task) or [])
     first = task if task in res else (subtasks[0] if subtasks else task)
@@ -218,6 +287,7 @@ def _collect(task: str, results: dict, generations: dict, output_dir: Path, out:
     out.metrics[task] = metrics
 
     base_metric, _, filter_name = bench.metric.partition(",")
+    sampled = score_sampled(bench) if score_sampled else None
     rows = []
     for s in (results.get("samples") or {}).get(bench.results_key, []):
         if s.get("filter") not in (None, filter_name):
@@ -232,6 +302,18 @@ def _collect(task: str, results: dict, generations: dict, output_dir: Path, out:
             "target": s.get("target"),
             "generation": generations.get((bench.results_key, int(s.get("doc_id", -1)))),
         })
+        if sampled is not None:
+            item_scores, answers = sampled.get(int(s.get("doc_id", -1)), ([], []))
+            known = [x for x in item_scores if x is not None]
+            rows[-1].update(sampled_score=sum(known) / len(known) if known and len(known) == len(item_scores)
+                            else None, sampled_item_scores=item_scores, sampled_predictions=answers)
+    if sampled is not None:
+        per_item = [r["sampled_score"] for r in rows]
+        if per_item and all(x is not None for x in per_item):
+            out.sampled_scores[task] = sum(per_item) / len(per_item)
+        else:
+            out.notes.append(f"{task}: avg@{out.sampled_k} not scored (an item without samples, or a per-item "
+                             f"{base_metric!r} that is not a number)")
     path = output_dir / "samples" / f"{task}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..config import TABLE2_ABLATIONS, TABLE3_ABLATIONS
-from ..evaluation.benchmarks import BENCHMARKS
+from ..evaluation.benchmarks import BENCHMARKS, split_sampled
 from ..evaluation.benchmarks import label as task_label
 from .bootstrap import mean_over_seeds, pair_items, paired_bootstrap, summarize_seeds
 
@@ -45,7 +45,8 @@ class VariantRun(BaseModel):
     run_id: str = ""
     variant: str
     seed: int = 0
-    scores: dict[str, float] = Field(default_factory=dict, description="task -> headline score, 0-100")
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="task -> headline score, 0-100; '<task>@avg<k>' -> its avg@k (sampled)")
     items: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="task -> doc_id -> per-item score on the headline's 0-100 scale")
     protocol: str = PAPER_PROTOCOL
@@ -183,8 +184,11 @@ def build_table(
             notes.append(f"{m}: no runs of its own; shows the runs of '{aliases[m]}' (identical configuration).")
         if found:
             rows.append((m, sorted(found, key=lambda r: r.seed)))
+    scored = {t for _, rs in rows for r in rs for t in r.scores}
     if tasks is None:
-        tasks = _ordered_tasks({t for _, rs in rows for r in rs for t in r.scores})
+        tasks = _ordered_tasks(scored)
+    else:   # each asked-for task keeps its avg@k column beside it
+        tasks = [c for t in tasks for c in _ordered_tasks({t} | {s for s in scored if split_sampled(s)[0] == t})]
     tasks = list(tasks)
     baseline_runs = by_variant.get(BASELINE, [])
 
@@ -197,9 +201,15 @@ def build_table(
         row_protocol = ",".join(sorted({r.protocol for r in rs}))
         for t in tasks:
             cells.append(_cell(name, m, t, rs, baseline_runs, n_resamples, seed))
-        cells.append(_average_cell(name, m, tasks, rs, baseline_runs))
+        # Avg: over the greedy columns, as the paper's; avg@k columns stand beside their task.
+        cells.append(_average_cell(name, m, [t for t in tasks if split_sampled(t)[1] is None], rs, baseline_runs))
         for c in cells[-(len(tasks) + 1):]:
             c.protocol = row_protocol
+    ks = sorted({k for t in tasks if (k := split_sampled(t)[1]) is not None})
+    if ks:
+        notes.append(f"avg@{'/'.join(map(str, ks))}: mean accuracy of that many answers per item sampled at "
+                     "temperature 1 (the other columns: the greedy answer); Δ and interval paired over the same "
+                     "items; Avg is over the greedy columns.")
     benchmarks = [*tasks, AVERAGE]
     _mark_best(cells, benchmarks)
     methods_out = [m for m, _ in rows]
@@ -284,8 +294,12 @@ def _reference_cells(table: str, benchmarks: list[str]) -> list[Cell]:
 
 
 def _ordered_tasks(tasks: set[str]) -> list[str]:
-    known = [t for t in BENCHMARKS if t in tasks]
-    return known + sorted(tasks - set(known))
+    """Benchmarks in paper order, others by name; each avg@k column right after its greedy one."""
+    greedy = {split_sampled(t)[0] for t in tasks}
+    known = [t for t in BENCHMARKS if t in greedy]
+    order = known + sorted(greedy - set(known))
+    sampled = sorted((t for t in tasks if split_sampled(t)[1] is not None), key=lambda t: split_sampled(t)[1] or 0)
+    return [c for g in order for c in ([g] if g in tasks else []) + [s for s in sampled if split_sampled(s)[0] == g]]
 
 
 def paper_tables(runs: Sequence[VariantRun], *, tasks: Sequence[str] | None = None,
