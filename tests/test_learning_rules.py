@@ -399,3 +399,31 @@ def test_logprobs_are_those_of_the_tempered_sampling_distribution(tiny_cfg, tmp_
         lp, _ = pol.completion_logprobs("solver", batch, feats, feats, temperature=0.7)
     mask = batch.completion_mask.bool()
     assert torch.allclose(lp[mask], want[mask], atol=1e-4)
+
+
+def test_logprobs_give_the_suppressed_vision_tokens_no_probability_mass(tiny_cfg, tmp_path):
+    """Sampling never draws the vision placeholders, so eq. 7's log pi(y_t) must renormalise over the
+    other tokens. On the tiny model they carry ~1e-5 of the mass, too little to see; here (a test-local
+    model) their LM-head rows are copies of a sampled token's row, so they carry as much as that token."""
+    cfg = tiny_cfg(**{"lora.dropout": 0.0})
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), torch.float32)
+    imgs = _images(tmp_path)
+    torch.manual_seed(0)
+    batch = pol.generate("solver", imgs, ["What is shown?"], num_return_sequences=2, max_new_tokens=10,
+                         temperature=1.0, top_p=1.0)[0]
+    tokens = batch.sequences[:, batch.prompt_len:]
+    mask = batch.completion_mask.bool()
+    with torch.no_grad():
+        w = pol.backbone.lm_head.weight
+        w[pol.suppress_ids] = w[tokens[0, 0]].clone()
+    feats = pol.image_features(pol.encode_images(imgs))
+    with torch.no_grad():
+        lp, _ = pol.completion_logprobs("solver", batch, feats, feats)
+        h = pol._hidden(batch, feats).double()
+    logits = h @ pol.backbone.lm_head.weight.double().T
+    unsuppressed = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits[..., pol.suppress_ids] = float("-inf")
+    want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # the copies now hold visible mass: leaving them in the softmax would lower log pi(y_t) by > 0.01
+    assert (want - unsuppressed)[mask].max().item() > 1e-2
+    assert torch.allclose(lp[mask].double(), want[mask], atol=1e-5)
