@@ -10,6 +10,8 @@ iteration, and the rewards handed from eq. 1-6 to the updates. Mutation testing
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ import ireasoner_core.trainer as trainer_mod
 from ireasoner_core.data.pool import load_image
 from ireasoner_core.data.synthetic import generate_synthetic
 from ireasoner_core.model import resolve_dtype
+from ireasoner_core.parsing import parse_question
 from ireasoner_core.policy import Policy, _sampled_chunk
+from ireasoner_core.prompts import FALLBACK_QUESTION
 from ireasoner_core.rewards import kl_controller, proposer_reward, update_baseline
 from ireasoner_core.trainer import Trainer
 
@@ -297,14 +301,23 @@ def test_completion_mask_keeps_the_first_eos_and_drops_what_follows(setup):
 def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_every_k(tiny_cfg, monkeypatch):
     cfg = tiny_cfg(**{"schedule.iterations": 10, "schedule.proposer_update_every": 2,
                       "schedule.images_per_iteration": 2, "sampling.solver_max_new_tokens": 16,
-                      "sampling.proposer_max_new_tokens": 12, "rewards.min_group": 1})
+                      "sampling.proposer_max_new_tokens": 12, "rewards.min_group": 1,
+                      "sampling.temperature": 0.7, "rewards.step_embed_max_tokens": 2})
     tr = Trainer(cfg)
-    seen, updates = [], []
-    real_rewards = trainer_mod.solver_rewards
+    seen, updates, sampled = [], [], []
+    real_rewards, real_generate = trainer_mod.solver_rewards, tr.policy.generate
 
     def rewards_spy(parsed, embeds, lam, rcfg):
         out = real_rewards(parsed, embeds, lam, rcfg)
+        # eq. 3 embeds each step's first step_embed_max_tokens tokens
+        want = tr.policy.step_embeddings([p.steps for p in parsed], 2)
+        assert all(torch.equal(e, w) for e, w in zip(embeds, want))
         seen.append((lam, out))
+        return out
+
+    def generate_spy(role, images, questions, **k):
+        out = real_generate(role, images, questions, **k)
+        sampled.append((role, questions, k, out))
         return out
 
     real_update = tr._update
@@ -315,11 +328,21 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
 
     monkeypatch.setattr(trainer_mod, "solver_rewards", rewards_spy)
     monkeypatch.setattr(tr, "_update", update_spy)
+    monkeypatch.setattr(tr.policy, "generate", generate_spy)
     for t, lam_t, prop_updates in ((5, 0.2, False), (6, 0.3, True)):
-        seen.clear(), updates.clear()
+        seen.clear(), updates.clear(), sampled.clear()
         p0 = tr.policy.adapter_state("proposer")
         pb0 = tr.state["proposer"].baseline
         rec = tr.iteration(t)
+        # both roles sample from the configured distribution (eq. 7's log-probs are of that one),
+        # the Solver once per image for each question the Proposer asked (the fallback when it asked none)
+        (_, no_q, pk, prop_out), (_, qs, sk, _) = sampled
+        s = cfg.sampling
+        assert [r for r, *_ in sampled] == ["proposer", "solver"] and no_q is None
+        assert (pk["num_return_sequences"], pk["max_new_tokens"]) == (1, s.proposer_max_new_tokens)
+        assert (sk["num_return_sequences"], sk["max_new_tokens"]) == (s.num_rollouts, s.solver_max_new_tokens)
+        assert pk["temperature"] == sk["temperature"] == 0.7 and pk["top_p"] == sk["top_p"] == 1.0
+        assert qs == [parse_question(tx, FALLBACK_QUESTION) for b in prop_out for tx in b.texts]
         # eq. 6 warm-up at u = t / T: 0 up to u = 0.3, then linear to 0.7 at u = 1
         assert [lam for lam, _ in seen] == pytest.approx([lam_t, lam_t]) and rec["lambda"] == pytest.approx(lam_t)
         sol = [u for u in updates if u[0] == "solver"]
@@ -334,6 +357,8 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
         assert bool(prop) == prop_updates == changed == bool(rec["proposer_updated"]), t
         if prop:
             assert prop[0][1] == pytest.approx(r_prop)
+        else:   # nothing was computed for the Proposer: its loss/KL/grad-norm are logged as missing
+            assert all(math.isnan(rec[k]) for k in ("loss_proposer", "kl_proposer", "grad_norm_proposer"))
         # the Proposer's baseline tracks every proposer reward, updated or not
         b = pb0
         for r in r_prop:
