@@ -317,6 +317,8 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
 
     def generate_spy(role, images, questions, **k):
         out = real_generate(role, images, questions, **k)
+        if role == "proposer":     # an empty proposal (it can be sampled) must fall back to the fixed question
+            out[0].texts[0] = ""
         sampled.append((role, questions, k, out))
         return out
 
@@ -343,6 +345,7 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
         assert (sk["num_return_sequences"], sk["max_new_tokens"]) == (s.num_rollouts, s.solver_max_new_tokens)
         assert pk["temperature"] == sk["temperature"] == 0.7 and pk["top_p"] == sk["top_p"] == 1.0
         assert qs == [parse_question(tx, FALLBACK_QUESTION) for b in prop_out for tx in b.texts]
+        assert qs[0] == FALLBACK_QUESTION
         # eq. 6 warm-up at u = t / T: 0 up to u = 0.3, then linear to 0.7 at u = 1
         assert [lam for lam, _ in seen] == pytest.approx([lam_t, lam_t]) and rec["lambda"] == pytest.approx(lam_t)
         sol = [u for u in updates if u[0] == "solver"]
