@@ -10,6 +10,8 @@ iteration, and the rewards handed from eq. 1-6 to the updates. Mutation testing
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ import ireasoner_core.trainer as trainer_mod
 from ireasoner_core.data.pool import load_image
 from ireasoner_core.data.synthetic import generate_synthetic
 from ireasoner_core.model import resolve_dtype
+from ireasoner_core.parsing import parse_question
 from ireasoner_core.policy import Policy, _sampled_chunk
+from ireasoner_core.prompts import FALLBACK_QUESTION
 from ireasoner_core.rewards import kl_controller, proposer_reward, update_baseline
 from ireasoner_core.trainer import Trainer
 
@@ -297,14 +301,25 @@ def test_completion_mask_keeps_the_first_eos_and_drops_what_follows(setup):
 def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_every_k(tiny_cfg, monkeypatch):
     cfg = tiny_cfg(**{"schedule.iterations": 10, "schedule.proposer_update_every": 2,
                       "schedule.images_per_iteration": 2, "sampling.solver_max_new_tokens": 16,
-                      "sampling.proposer_max_new_tokens": 12, "rewards.min_group": 1})
+                      "sampling.proposer_max_new_tokens": 12, "rewards.min_group": 1,
+                      "sampling.temperature": 0.7, "rewards.step_embed_max_tokens": 2})
     tr = Trainer(cfg)
-    seen, updates = [], []
-    real_rewards = trainer_mod.solver_rewards
+    seen, updates, sampled = [], [], []
+    real_rewards, real_generate = trainer_mod.solver_rewards, tr.policy.generate
 
     def rewards_spy(parsed, embeds, lam, rcfg):
         out = real_rewards(parsed, embeds, lam, rcfg)
+        # eq. 3 embeds each step's first step_embed_max_tokens tokens
+        want = tr.policy.step_embeddings([p.steps for p in parsed], 2)
+        assert all(torch.equal(e, w) for e, w in zip(embeds, want))
         seen.append((lam, out))
+        return out
+
+    def generate_spy(role, images, questions, **k):
+        out = real_generate(role, images, questions, **k)
+        if role == "proposer":     # an empty proposal (it can be sampled) must fall back to the fixed question
+            out[0].texts[0] = ""
+        sampled.append((role, questions, k, out))
         return out
 
     real_update = tr._update
@@ -315,11 +330,22 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
 
     monkeypatch.setattr(trainer_mod, "solver_rewards", rewards_spy)
     monkeypatch.setattr(tr, "_update", update_spy)
+    monkeypatch.setattr(tr.policy, "generate", generate_spy)
     for t, lam_t, prop_updates in ((5, 0.2, False), (6, 0.3, True)):
-        seen.clear(), updates.clear()
+        seen.clear(), updates.clear(), sampled.clear()
         p0 = tr.policy.adapter_state("proposer")
         pb0 = tr.state["proposer"].baseline
         rec = tr.iteration(t)
+        # both roles sample from the configured distribution (eq. 7's log-probs are of that one),
+        # the Solver once per image for each question the Proposer asked (the fallback when it asked none)
+        (_, no_q, pk, prop_out), (_, qs, sk, _) = sampled
+        s = cfg.sampling
+        assert [r for r, *_ in sampled] == ["proposer", "solver"] and no_q is None
+        assert (pk["num_return_sequences"], pk["max_new_tokens"]) == (1, s.proposer_max_new_tokens)
+        assert (sk["num_return_sequences"], sk["max_new_tokens"]) == (s.num_rollouts, s.solver_max_new_tokens)
+        assert pk["temperature"] == sk["temperature"] == 0.7 and pk["top_p"] == sk["top_p"] == 1.0
+        assert qs == [parse_question(tx, FALLBACK_QUESTION) for b in prop_out for tx in b.texts]
+        assert qs[0] == FALLBACK_QUESTION
         # eq. 6 warm-up at u = t / T: 0 up to u = 0.3, then linear to 0.7 at u = 1
         assert [lam for lam, _ in seen] == pytest.approx([lam_t, lam_t]) and rec["lambda"] == pytest.approx(lam_t)
         sol = [u for u in updates if u[0] == "solver"]
@@ -334,6 +360,8 @@ def test_iteration_uses_lambda_of_the_global_iteration_and_updates_the_proposer_
         assert bool(prop) == prop_updates == changed == bool(rec["proposer_updated"]), t
         if prop:
             assert prop[0][1] == pytest.approx(r_prop)
+        else:   # nothing was computed for the Proposer: its loss/KL/grad-norm are logged as missing
+            assert all(math.isnan(rec[k]) for k in ("loss_proposer", "kl_proposer", "grad_norm_proposer"))
         # the Proposer's baseline tracks every proposer reward, updated or not
         b = pb0
         for r in r_prop:
@@ -399,3 +427,31 @@ def test_logprobs_are_those_of_the_tempered_sampling_distribution(tiny_cfg, tmp_
         lp, _ = pol.completion_logprobs("solver", batch, feats, feats, temperature=0.7)
     mask = batch.completion_mask.bool()
     assert torch.allclose(lp[mask], want[mask], atol=1e-4)
+
+
+def test_logprobs_give_the_suppressed_vision_tokens_no_probability_mass(tiny_cfg, tmp_path):
+    """Sampling never draws the vision placeholders, so eq. 7's log pi(y_t) must renormalise over the
+    other tokens. On the tiny model they carry ~1e-5 of the mass, too little to see; here (a test-local
+    model) their LM-head rows are copies of a sampled token's row, so they carry as much as that token."""
+    cfg = tiny_cfg(**{"lora.dropout": 0.0})
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), torch.float32)
+    imgs = _images(tmp_path)
+    torch.manual_seed(0)
+    batch = pol.generate("solver", imgs, ["What is shown?"], num_return_sequences=2, max_new_tokens=10,
+                         temperature=1.0, top_p=1.0)[0]
+    tokens = batch.sequences[:, batch.prompt_len:]
+    mask = batch.completion_mask.bool()
+    with torch.no_grad():
+        w = pol.backbone.lm_head.weight
+        w[pol.suppress_ids] = w[tokens[0, 0]].clone()
+    feats = pol.image_features(pol.encode_images(imgs))
+    with torch.no_grad():
+        lp, _ = pol.completion_logprobs("solver", batch, feats, feats)
+        h = pol._hidden(batch, feats).double()
+    logits = h @ pol.backbone.lm_head.weight.double().T
+    unsuppressed = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits[..., pol.suppress_ids] = float("-inf")
+    want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    # the copies now hold visible mass: leaving them in the softmax would lower log pi(y_t) by > 0.01
+    assert (want - unsuppressed)[mask].max().item() > 1e-2
+    assert torch.allclose(lp[mask].double(), want[mask], atol=1e-5)
