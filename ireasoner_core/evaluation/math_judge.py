@@ -1,4 +1,4 @@
-"""MathVista's answer extraction without an LLM judge (``math_judge=local``, the default).
+"""MathVista's and MathVerse's scoring without an LLM judge (``math_judge=local``, the default).
 
 lmms-eval 0.7.3 extracts MathVista's answer from the response with its own rules (an exact
 choice, an integer or float that parses, ``The answer is "x".`` when ``quick_extract``) and
@@ -9,7 +9,11 @@ letter (else the response, which lmms-eval maps to the most similar choice), for
 last number. lmms-eval's normalisation and scoring then run unchanged. ``llm`` leaves lmms-eval as
 it is (configure ``OPENAI_API_KEY``, or ``API_TYPE=azure`` with ``AZURE_API_KEY``).
 
-MathVerse has no local path here: lmms-eval also scores it by matching with the judge.
+MathVerse: lmms-eval 0.7.3 asks the judge whether the response matches the answer (its only
+rule-based path, ``quick_match``, is string equality of the whole response). ``local`` replaces
+that call by a rule: the response's final answer (the text after its last "answer"/"is", else its
+last line) is the option letter for a letter answer, or equals the answer as a number (fractions
+``\\frac{a}{b}`` and ``a/b`` included), or as a normalised string. lmms-eval's aggregation runs unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +37,51 @@ def local_fallback(response: str, problem: dict) -> str:
     return numbers[-1].replace(",", "") if numbers else ""
 
 
+_ANSWER_TAIL = re.compile(r"(?:answer|is)\s*[:：]?\s*(.+)$", re.IGNORECASE | re.DOTALL)
+_FRAC = re.compile(r"^\\[dt]?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}$|^(-?[\d.]+)\s*/\s*(-?[\d.]+)$")
+
+
+def _as_number(text: str) -> float | None:
+    """A plain number, ``a/b`` or ``\\frac{a}{b}`` as a float (None otherwise)."""
+    t = text.strip().strip("$ .").replace(",", "")
+    m = _FRAC.match(t)
+    try:
+        if m:
+            a, b = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+            return float(a) / float(b)
+        return float(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[\s$]", "", text).strip(".").lower()
+
+
+def local_mathverse_match(answer: str, prediction: str) -> bool:
+    """MathVerse without a judge: does the response's final answer equal ``answer`` (letter, number or text)?"""
+    answer, prediction = str(answer).strip(), str(prediction or "").strip()
+    if not answer or not prediction:
+        return False
+    tail = _ANSWER_TAIL.search(prediction)
+    final = (tail.group(1) if tail else prediction.splitlines()[-1]).strip()
+    if re.fullmatch(r"[A-Z]", answer):
+        letters = _LETTER.findall(final) or _LETTER.findall(prediction)
+        return bool(letters) and letters[-1] == answer
+    gold = _as_number(answer)
+    if gold is not None:
+        found = _as_number(final)
+        if found is None:
+            numbers = _NUMBER.findall(final) or _NUMBER.findall(prediction)
+            found = _as_number(numbers[-1]) if numbers else None
+        return found is not None and abs(found - gold) <= 1e-6 * max(1.0, abs(gold))
+    return _normalise(final) == _normalise(answer)
+
+
+def _local_score_answer(self, question, answer, model_response, quick_match=False):
+    return local_mathverse_match(answer, model_response)
+
+
 def _local_extract_answer(self, response, problem, quick_extract=False):
     def no_judge(*args, **kwargs):
         raise RuntimeError("math_judge=local: no LLM judge is called")
@@ -51,10 +100,11 @@ def install(judge: str) -> None:
         raise ValueError(f"math_judge must be one of {list(MATH_JUDGES)}, got {judge!r}")
     had_key = "OPENAI_API_KEY" in os.environ
     if judge == "local" and not had_key:
-        # Only for the import: the client it builds is never called. Removed again, so that
-        # MathVerse (which needs the judge) still fails clearly without a key.
+        # Only for the imports: the clients their classes build are never called. Removed again,
+        # so that math_judge=llm without a key still fails clearly.
         os.environ["OPENAI_API_KEY"] = "unused-by-math-judge-local"
     try:
+        from lmms_eval.tasks.mathverse.mathverse_evals import MathVerseEvaluator
         from lmms_eval.tasks.mathvista.mathvista_evals import MathVistaEvaluator
     except Exception:   # noqa: BLE001 - without the judge's key, llm mode leaves the error to the task loader
         if judge == "local":
@@ -64,4 +114,7 @@ def install(judge: str) -> None:
         if judge == "local" and not had_key:
             os.environ.pop("OPENAI_API_KEY", None)
     _original.setdefault("extract_answer", MathVistaEvaluator.extract_answer)
-    MathVistaEvaluator.extract_answer = _local_extract_answer if judge == "local" else _original["extract_answer"]
+    _original.setdefault("score_answer", MathVerseEvaluator.score_answer)
+    local = judge == "local"
+    MathVistaEvaluator.extract_answer = _local_extract_answer if local else _original["extract_answer"]
+    MathVerseEvaluator.score_answer = _local_score_answer if local else _original["score_answer"]
