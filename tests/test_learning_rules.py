@@ -286,7 +286,7 @@ def test_completion_mask_keeps_the_first_eos_and_drops_what_follows(setup):
     pol = tr.policy
     imgs = [load_image(tr._image_path(0))]
     enc = pol.encode_prompts("solver", imgs, Q)
-    eos, other = pol.eos_ids[0], 11
+    eos, other = pol.eos_ids[0], pol.tokenizer.encode("7", add_special_tokens=False)[0]
     completion = torch.full((3, 8), other)
     completion[0, 3] = eos                      # stops at its 4th token
     completion[1, 2] = eos                      # two end tokens: the first one counts
@@ -295,6 +295,11 @@ def test_completion_mask_keeps_the_first_eos_and_drops_what_follows(setup):
     b = pol._rollout_batch(enc, seqs, [0, 0, 0], 3)
     assert b.completion_mask.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0], [1] * 8]
     assert b.prompt_mask.shape == (3, enc["input_ids"].shape[1]) and b.image_index == [0, 0, 0]
+    # The rewards parse these texts: the kept end-of-turn token must not become part of an untagged
+    # answer ("the last non-empty line"), nor anything after it.
+    tok = pol.tokenizer
+    assert b.texts[0] == tok.decode(completion[0, :3]) and tok.decode([eos]) not in "".join(b.texts)
+    assert b.texts[1] == tok.decode(completion[1, :2])
 
 
 # ----------------------------------------------------------------------------- one iteration, end to end
