@@ -45,6 +45,7 @@ from ..data.synthetic import (
     TOP_PREDATORS,
     make_item,
 )
+from ..embedded.formats import mc_from_open
 from ..locks import file_lock
 
 MINI_SEED = 20_260_105
@@ -99,19 +100,8 @@ def _chartqa_rows(n: int, seed: int) -> Iterator[dict]:
 
 
 def _mc_from_open(qa: QA, chain: list[str], rng: random.Random) -> tuple[str, list[str], int]:
-    if qa.answer_type == "number":
-        n = int(qa.answer)
-        distractors = [str(v) for v in (n + 1, n - 1, n + 2, n + 3) if v > 0][:3]
-    else:
-        # Organisms of the same chain first: harder distractors than unrelated animals.
-        same = [o for o in chain if o != qa.answer]
-        other = [o for o in ORGANISMS if o not in chain]
-        rng.shuffle(same)
-        rng.shuffle(other)
-        distractors = (same + other)[:3]
-    options = [qa.answer, *distractors]
-    rng.shuffle(options)
-    return qa.question, options, options.index(qa.answer)
+    options, answer = mc_from_open(qa, chain, rng)
+    return qa.question, options, answer
 
 
 def _ai2d_rows(n: int, seed: int) -> Iterator[dict]:
