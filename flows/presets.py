@@ -34,8 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "overrides": {"checkpoint.every": 5, "log_diagnostics_every": 1},
         "variants": ["baseline", "full"],
         "seeds": [0],
-        # The embedded model was warm-started on the Solver's format only: asked lmms-eval's direct
-        # questions it scores 0 on every mini task, so the smoke tables use the Solver's prompt.
+        # The Solver's prompt: what the run trains (the embedded model also answers lmms-eval's
+        # direct prompts, docs/embedded_model.md, but the effect of training shows in the format it trains).
         "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
                        "limit": 100, "protocol": "solver"},
     },
