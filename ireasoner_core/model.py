@@ -26,11 +26,13 @@ and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
   tags ``<think> </think> <answer> </answer> <question> </question> <rationale> </rationale>``
   as single non-special tokens (decode keeps them).
 
-About 1.3 M parameters. The warm-start (``embedded/warmstart.py``) fine-tunes all of them
-(220 AdamW steps of 16 sequences, 12 Solver + 4 Proposer) on synthetic chart/diagram/geometry
-images so both roles emit their tags before self-evolution; the model reads little of the image,
-so its N rollouts agree sometimes and differ often, which is what the answer-level and step
-rewards need to have a signal. BUILD.json records the measured format compliance.
+About 1.3 M parameters. The warm-start (``embedded/warmstart.py``, docs/embedded_model.md)
+keeps the vision tower at its random, background-free init and trains the merger and the language
+model (650 AdamW steps of 16 sequences: image transcripts first, then Solver, benchmark-formatted
+Solver, lmms-eval direct-answer and Proposer targets) on synthetic chart/diagram/geometry images,
+so both roles emit their tags and lmms-eval's direct prompts get direct answers. The model reads
+little of the image, so its N rollouts agree sometimes and differ often, which is what the
+answer-level and step rewards need to have a signal. BUILD.json records the measured scores.
 
 The cache is ``<cache_dir>/<build-version>/`` (default ``~/.cache/ireasoner/embedded``, or
 ``$IREASONER_EMBEDDED_CACHE``). A build happens in a temporary sibling directory under a file

@@ -56,10 +56,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Patch-embedding init (see _init_patch_embed); a module global so experiments can switch it.
-PATCH_EMBED_DC_FREE = True
-
-
 def _init_patch_embed(model: Qwen2_5_VLForConditionalGeneration) -> None:
     """Give the patch embedding no response to a uniform grey patch (weights zero-mean per output).
 
@@ -89,8 +85,7 @@ def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: b
     config = tiny_config(tokenizer)
     torch.manual_seed(BUILD_SEED)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    if PATCH_EMBED_DC_FREE:
-        _init_patch_embed(model)
+    _init_patch_embed(model)
     model.generation_config = generation_config(tokenizer)
 
     info: dict = {"build_version": build_version(), "seed": BUILD_SEED, "warm_start": None}

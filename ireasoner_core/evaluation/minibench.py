@@ -38,11 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..data.synthetic import (
-    HERBIVORES,
-    PREDATORS,
-    PRODUCERS,
     QA,
-    TOP_PREDATORS,
     make_item,
 )
 from ..embedded.formats import mc_from_open
@@ -54,7 +50,6 @@ BUILDER_VERSION = 1
 CACHE_ENV = "IREASONER_EVAL_CACHE"
 SIZE_ENV = "IREASONER_MINI_SIZE"
 COMPLETE_FILE = "MINI_BENCHMARK.json"
-ORGANISMS = (*PRODUCERS, *HERBIVORES, *PREDATORS, *TOP_PREDATORS)
 
 
 class MiniBenchmarkError(ValueError):
