@@ -4,6 +4,9 @@ deployments/prefect.yaml carries the same values (a test checks they agree), so 
 UI shows, and lets a person edit, exactly what each deployment runs.
 
 - ``smoke``: the embedded tiny model on synthetic images, minutes on a CPU.
+- ``mini``: paper tables 1 and 2 in miniature on a laptop: baseline, ``soft_only`` and ``full``
+  trained on synthetic images and scored on the whole mini benchmarks, greedy and avg@5, with
+  paired 95 % intervals (docs/evaluation.md has its measured table).
 - ``main``: paper table 1, the untrained baseline and the full method.
 - ``ablations``: every variant of paper tables 2 and 3.
 - ``retrain``: the full method on the current image folder (scheduled, off by default).
@@ -24,6 +27,15 @@ SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
 # main, ablations and retrain evaluate paper table 1 (SPEC.md; lmms-eval task names). Their datasets
 # come from the Hugging Face cache: `ireasoner benchmarks fetch` once, on a machine with network.
 
+# The CPU sweep: chosen so that training moves the embedded policy within the 25-minute budget
+# on 2 cores (docs/evaluation.md, "The mini sweep").
+MINI_IMAGES = 64
+MINI_ITERATIONS = 100
+# lr 1e-3: the rate at which the embedded policy measurably moves (tests/test_learning_end_to_end.py);
+# >= 3e-3 drowns in noise within tens of iterations and 2e-2 breaks the answer format in one step.
+MINI_OVERRIDES = {"optim.lr": 1e-3, "schedule.images_per_iteration": 2, "checkpoint.every": 25}
+MINI_PROTOCOL = "solver"
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "name": "smoke",
@@ -38,6 +50,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         # direct prompts, docs/embedded_model.md, but the effect of training shows in the format it trains).
         "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
                        "limit": 100, "protocol": "solver"},
+    },
+    "mini": {
+        "name": "mini",
+        "base_config": "configs/tiny.yaml",
+        "images": {"synthetic_images": MINI_IMAGES},
+        "iterations": MINI_ITERATIONS,
+        "overrides": dict(MINI_OVERRIDES),
+        "variants": ["baseline", "soft_only", "full"],
+        "seeds": [0],
+        "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
+                       "protocol": MINI_PROTOCOL, "sampled_k": 5},
     },
     "main": {
         "name": "main",

@@ -26,7 +26,7 @@ def _deployments() -> dict[str, dict]:
 def test_prefect_yaml_is_what_prefect_deploy_reads():
     model = PrefectYamlModel.model_validate(_doc())  # the CLI's own schema for prefect.yaml
     assert model.pull == []  # no pull step: nothing pins the deploying machine's directory
-    assert {d.name for d in model.deployments} == {"smoke", "main", "ablations", "retrain", "variant"}
+    assert {d.name for d in model.deployments} == {"smoke", "mini", "main", "ablations", "retrain", "variant"}
     for d in model.deployments:
         assert d.work_pool.name == "ireasoner-pool"
         assert d.enforce_parameter_schema is False
@@ -38,7 +38,7 @@ def test_entrypoints_import_to_the_named_flows():
         module, attr = d["entrypoint"].split(":")
         names[d["name"]] = getattr(importlib.import_module(module), attr).name
     # `prefect deployment run ireasoner/<preset>` resolves flow-name/deployment-name.
-    assert names == {"smoke": "ireasoner", "main": "ireasoner", "ablations": "ireasoner", "retrain": "ireasoner",
+    assert names == {"smoke": "ireasoner", "mini": "ireasoner", "main": "ireasoner", "ablations": "ireasoner", "retrain": "ireasoner",
                      "variant": "ireasoner-variant"}
 
 
@@ -54,7 +54,7 @@ def test_retrain_has_an_inactive_editable_schedule_and_others_none():
     deps = _deployments()
     (schedule,) = deps["retrain"]["schedules"]
     assert schedule["active"] is False and schedule["cron"] == "0 3 * * 1"
-    for name in ("smoke", "main", "ablations", "variant"):
+    for name in ("smoke", "mini", "main", "ablations", "variant"):
         assert deps[name]["schedules"] == []  # explicit: `prefect deploy` would otherwise prompt
 
 
