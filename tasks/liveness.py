@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -119,11 +120,25 @@ def _occupancy(limit: str) -> str:
         return "occupancy unknown"
 
 
+class _ExpectedSlotTimeout(logging.Filter):
+    """Drops Prefect's ERROR record for a slot wait that timed out: concurrency_slot times out on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("ConcurrencySlotAcquisition" in msg and "TimeoutError" in msg)
+
+
+_SLOT_TIMEOUT_FILTER = _ExpectedSlotTimeout()
+
+
 @contextlib.contextmanager
 def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = WAIT_LOG_SECONDS) -> Iterator[None]:
     """Prefect's ``concurrency`` slot for ``what``, recorded in the ledger; waits are logged, dead holders freed."""
     from prefect.concurrency.sync import concurrency
 
+    # Each short timeout below is a wait we log ourselves (a WARNING naming the holder); Prefect's
+    # service would also log it as an ERROR with a traceback-like repr every 30 s.
+    logging.getLogger("prefect._internal.concurrency").addFilter(_SLOT_TIMEOUT_FILTER)
     waited = 0.0
     with contextlib.ExitStack() as stack:
         while True:
