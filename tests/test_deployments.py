@@ -65,6 +65,20 @@ def test_ablations_covers_tables_two_and_three():
     assert "baseline" not in names
 
 
+def test_mini_trains_the_table_one_methods_as_measured_and_scores_whole_mini_benchmarks():
+    # The configuration docs/evaluation.md's "The mini sweep" measured (table and timing).
+    spec = ExperimentSpec.model_validate(PRESETS["mini"])
+    assert [v.name for v in spec.variant_specs()] == ["baseline", "soft_only", "full"]
+    assert spec.evaluation.limit is None and spec.evaluation.sampled_k == 5
+    assert spec.evaluation.protocol == "solver"
+    assert set(spec.evaluation.tasks) == {"ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"}
+    (full,) = [v for v in spec.variant_specs() if v.name == "full"]
+    cfg = spec.train_config(full, 0, manifest=None)
+    assert cfg.model.name_or_path == "embedded" and cfg.ablation == "full"
+    assert (cfg.schedule.iterations, cfg.schedule.images_per_iteration, cfg.optim.lr) == (100, 2, 1e-3)
+    assert cfg.sampling.num_rollouts == 5 and cfg.data.synthetic_images == 64
+
+
 def test_register_script_creates_the_pool_then_deploys_everything():
     script = (ROOT / "deployments" / "register.sh").read_text()
     assert "work-pool create \"$POOL\" --type process" in script and "POOL=ireasoner-pool" in script
