@@ -28,6 +28,7 @@ from ireasoner_core.embedded.formats import (
     CHARTQA_POST_PROMPT,
     GEOMETRY_POST_PROMPT,
 )
+from ireasoner_core.embedded.measure import MEASURE_VERSION
 from ireasoner_core.embedded.tokenizer import CHAT_TEMPLATE, train_tokenizer
 from ireasoner_core.embedded.warmstart import WarmStartConfig
 from ireasoner_core.embedded.warmstart import warm_start as run_warm_start
@@ -46,7 +47,7 @@ def build_version() -> str:
     """Cache key: the recipe version plus a hash of the prompt text and warm-start recipe it teaches."""
     text = "\x00".join([_RECIPE_VERSION, prompts.PROPOSER_INSTRUCTION, prompts.SOLVER_INSTRUCTION,
                         prompts.FALLBACK_QUESTION, CHAT_TEMPLATE, repr(WarmStartConfig()),
-                        CHARTQA_POST_PROMPT, AI2D_POST_PROMPT, GEOMETRY_POST_PROMPT])
+                        CHARTQA_POST_PROMPT, AI2D_POST_PROMPT, GEOMETRY_POST_PROMPT, MEASURE_VERSION])
     return f"v{_RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 

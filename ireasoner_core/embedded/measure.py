@@ -1,10 +1,11 @@
 """What the embedded model can do, measured at build time and written to BUILD.json.
 
-* Per mini task (the first ``items`` rows of each mini benchmark, the very items table 1 scores),
-  under both evaluation protocols: greedy accuracy and avg@k (k samples at temperature 1).
-  ``lmms_eval``: the task's direct-answer prompt, the image JPEG-85 round-tripped and resized by
-  ``qwen_vl_utils`` as lmms-eval does, bfloat16 weights, at most 16 new tokens; ``solver``: the
-  Solver prompt around the same text, float32, the answer tag scored. The scoring rules are
+* Per mini task (the first ``items`` rows of each mini benchmark, the very items table 1 scores):
+  ``lmms_eval``, greedy accuracy with the task's direct-answer prompt, the image JPEG-85
+  round-tripped and resized by ``qwen_vl_utils`` and the processor given lmms-eval's pixel limits
+  (as ``lmm.py``'s protocol builds it: >= 256 visual tokens, not the checkpoint's own cap),
+  bfloat16 weights, at most 16 new tokens; ``solver``, greedy accuracy and avg@k (k samples at
+  temperature 1) with the Solver prompt around the same text, float32, the answer tag scored. The scoring rules are
   the tasks' own (ChartQA relaxed accuracy, AI2D option match, geometry numeric match).
 * On the training distribution (held-out synthetic images, the generator's own questions, Solver
   prompt): single-sample accuracy against majority-of-k accuracy, which is what self-consistency
@@ -41,6 +42,8 @@ SOLVER_MAX_NEW_TOKENS = 96  # lmm.EMBEDDED_MAX_NEW_TOKENS
 LMMS_MIN_PIXELS = 256 * 28 * 28
 LMMS_MAX_PIXELS = 1605632
 _MAX_STEPS = 10
+# In the build's cache key: a change to what BUILD.json measures re-measures the cached build.
+MEASURE_VERSION = "2"  # 2: lmms_eval with lmms-eval's pixel limits (1 used the checkpoint's ~30-token cap)
 
 
 def lmms_eval_view(image: Image.Image) -> Image.Image:
@@ -52,6 +55,17 @@ def lmms_eval_view(image: Image.Image) -> Image.Image:
     buf.seek(0)
     jpeg = Image.open(buf).convert("RGB")
     return fetch_image({"image": jpeg, "min_pixels": LMMS_MIN_PIXELS, "max_pixels": LMMS_MAX_PIXELS})
+
+
+def lmms_eval_processor(processor):
+    """The processor as protocol lmms_eval builds it: the checkpoint's, with lmms-eval's pixel limits."""
+    wide = copy.deepcopy(processor)
+    ip = wide.image_processor
+    ip.size = {"shortest_edge": LMMS_MIN_PIXELS, "longest_edge": LMMS_MAX_PIXELS}
+    for attr, value in (("min_pixels", LMMS_MIN_PIXELS), ("max_pixels", LMMS_MAX_PIXELS)):
+        if hasattr(ip, attr):
+            setattr(ip, attr, value)
+    return wide
 
 
 def relaxed_correctness(prediction: str, target: str, max_relative_change: float = 0.05) -> bool:
@@ -131,8 +145,9 @@ def _direct_answer(text: str) -> str:
 
 
 def measure_mini(model, processor, *, items: int, k: int, seed: int, batch_size: int = 64) -> dict:
-    """Greedy and avg@k accuracy (in %) per mini task and protocol."""
+    """Greedy accuracy (in %) per mini task and protocol, and avg@k under the Solver's prompt."""
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+    wide = lmms_eval_processor(processor)
     result: dict = {}
     for task in MINI_TASKS:
         rows = mini_items(task, items)
@@ -142,20 +157,23 @@ def measure_mini(model, processor, *, items: int, k: int, seed: int, batch_size:
         solver = [prompts.solver_messages(r.context) for r in rows]
         plain = [r.image.convert("RGB") for r in rows]
         task_result = {}
-        for protocol, m, msgs, ims, max_new, stop, extract in (
-            ("lmms_eval", bf16, direct, lmms_images, DIRECT_MAX_NEW_TOKENS, None, _direct_answer),
-            ("solver", model, solver, plain, SOLVER_MAX_NEW_TOKENS, "</answer>",
-             lambda t: parse_rollout(t, _MAX_STEPS).raw_answer),
+        # avg@k under the Solver's prompt only: it is the policy that training sharpens, and lmms-eval's
+        # >= 256-token images make sampling them the most expensive part of a 5-minute build.
+        for protocol, m, proc, msgs, ims, max_new, stop, extract, samples in (
+            ("lmms_eval", bf16, wide, direct, lmms_images, DIRECT_MAX_NEW_TOKENS, None, _direct_answer, 0),
+            ("solver", model, processor, solver, plain, SOLVER_MAX_NEW_TOKENS, "</answer>",
+             lambda t: parse_rollout(t, _MAX_STEPS).raw_answer, k),
         ):
-            greedy = _generate(m, processor, msgs, ims, samples=0, max_new_tokens=max_new, batch_size=batch_size,
+            greedy = _generate(m, proc, msgs, ims, samples=0, max_new_tokens=max_new, batch_size=batch_size,
                                stop=stop)
-            torch.manual_seed(seed)
-            sampled = _generate(m, processor, msgs, ims, samples=k, max_new_tokens=max_new, batch_size=batch_size,
-                                stop=stop)
             g = [r.score(extract(t[0])) for r, t in zip(rows, greedy)]
-            s = [sum(r.score(extract(x)) for x in texts) / len(texts) for r, texts in zip(rows, sampled)]
-            task_result[protocol] = {"greedy": round(100 * sum(g) / len(g), 1),
-                                     f"avg@{k}": round(100 * sum(s) / len(s), 1)}
+            task_result[protocol] = {"greedy": round(100 * sum(g) / len(g), 1)}
+            if samples:
+                torch.manual_seed(seed)
+                sampled = _generate(m, proc, msgs, ims, samples=samples, max_new_tokens=max_new,
+                                    batch_size=batch_size, stop=stop)
+                s = [sum(r.score(extract(x)) for x in texts) / len(texts) for r, texts in zip(rows, sampled)]
+                task_result[protocol][f"avg@{samples}"] = round(100 * sum(s) / len(s), 1)
         result[task] = task_result
     result["items_per_task"] = items
     return result
