@@ -5,8 +5,9 @@
   round-tripped and resized by ``qwen_vl_utils`` and the processor given lmms-eval's pixel limits
   (as ``lmm.py``'s protocol builds it: >= 256 visual tokens, not the checkpoint's own cap),
   bfloat16 weights, at most 16 new tokens; ``solver``, greedy accuracy and avg@k (k samples at
-  temperature 1) with the Solver prompt around the same text, float32, the answer tag scored. The scoring rules are
-  the tasks' own (ChartQA relaxed accuracy, AI2D option match, geometry numeric match).
+  temperature 1) with the Solver prompt around the same text, float32, the answer tag scored.
+  The scoring rules are the tasks' own (ChartQA relaxed accuracy, AI2D option match, geometry
+  numeric match).
 * On the training distribution (held-out synthetic images, the generator's own questions, Solver
   prompt): single-sample accuracy against majority-of-k accuracy, which is what self-consistency
   rewards can exploit, and how much the k reasoning chains of a question vary.
