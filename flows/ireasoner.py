@@ -43,6 +43,7 @@ from flows.spec import (
     plan_variants,
     resolve_path,
 )
+from ireasoner_core.evaluation.runner import sampled_plan
 from tasks.conventions import (
     EXPERIMENT,
     TAG_CONFIG_HASH,
@@ -274,7 +275,8 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
     for plan in plans:
         done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
                                                        plan.config_hash, data_hash, source, eval_tasks,
-                                                       spec.evaluation.limit, spec.evaluation.protocol)
+                                                       spec.evaluation.limit, spec.evaluation.protocol,
+                                                       sampled_plan(eval_tasks, spec.evaluation.sampled_k))
         if done is not None:
             reused[plan.key] = done.info.run_id
             o = _outcome_from_run(done, eval_tasks)

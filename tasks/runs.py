@@ -138,15 +138,23 @@ def eval_limit_tag(limit: int | None) -> str:
 def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str, seed: int,
                           config_hash: str, data_hash: str, source_hash: str,
                           eval_tasks: Sequence[str] = (), eval_limit: int | None = None,
-                          eval_protocol: str | None = None) -> Any | None:
+                          eval_protocol: str | None = None,
+                          eval_sampled: tuple[Sequence[str], int] = ((), 0)) -> Any | None:
     """The newest child run that finished with the same variant, seed, config, data and source, and
     that has a score for every benchmark the new sweep asks for, measured on as many items with the
-    same evaluation protocol: a skip.
+    same evaluation protocol, and avg@k with the same k on every task of ``eval_sampled``
+    (``runner.sampled_plan``'s tasks and k): a skip.
 
-    A run trained by a sweep without evaluation (or with other benchmarks, or a smaller limit) is
-    not re-used: the variant runs again, resuming from its finished checkpoint, and is evaluated.
+    A run trained by a sweep without evaluation (or with other benchmarks, a smaller limit, or
+    without the asked avg@k) is not re-used: the variant runs again, resuming from its finished
+    checkpoint, and is evaluated.
     """
-    from tasks.conventions import EVAL_PREFIX, metric_name
+    from tasks.conventions import (
+        EVAL_PREFIX,
+        EVAL_SAMPLED_K_PARAM,
+        EVAL_SAMPLED_PREFIX,
+        metric_name,
+    )
 
     def q(v: str) -> str:
         return v.replace("'", "\\'")
@@ -161,9 +169,13 @@ def find_finished_variant(client: MlflowClient, experiment_id: str, variant: str
             flt += f" and tags.`ireasoner.eval_protocol` = '{q(eval_protocol)}'"
     runs = client.search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
                               max_results=100)
+    sampled_tasks, k = eval_sampled
     wanted = {metric_name(EVAL_PREFIX + t) for t in eval_tasks}
+    wanted |= {metric_name(EVAL_SAMPLED_PREFIX + t) for t in sampled_tasks}
     for run in runs:
-        if wanted <= set(run.data.metrics):
+        # avg@3 re-used where avg@5 was asked would put two different k in one table-1 column.
+        same_k = not sampled_tasks or run.data.params.get(EVAL_SAMPLED_K_PARAM) == str(k)
+        if wanted <= set(run.data.metrics) and same_k:
             return run
     return None
 

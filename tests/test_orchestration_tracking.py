@@ -142,6 +142,31 @@ def test_skip_lookup_needs_every_requested_benchmark_on_as_many_items(client):
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2, "lmms_eval") is None
 
 
+
+def test_skip_lookup_needs_the_asked_avg_at_k_with_the_same_k(client):
+    """A run scored greedy only, or avg@3, is not re-used by a sweep that asks for avg@5: its table-1
+    avg@k column would be missing or mix two k."""
+    from ireasoner_core.evaluation.runner import sampled_plan
+
+    exp = ensure_experiment(client, "ireasoner-test")
+    parent = create_parent_run(client, exp, "sweep", {})
+    tags = {"ireasoner.data_hash": "d1", "ireasoner.source_hash": "c1"}
+    key, task = ("full", 0, "h1", "d1", "c1"), "ireasoner_chartqa_mini"
+    run = create_child_run(client, exp, parent, "full-s0", "full", 0, "h1", tags, {})
+    client.log_metric(run, f"eval/{task}", 50.0)
+    client.set_tag(run, TAG_EVAL_LIMIT, "2")
+    finish_run(client, run, ok=True, status_tag="finished")
+    assert sampled_plan([task], None) == ([task], 5) and sampled_plan([task], 0) == ([], 0)
+    assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 0)).info.run_id == run
+    assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], None)) is None
+    client.log_metric(run, f"eval_sampled/{task}", 40.0)
+    client.log_param(run, "eval_sampled_k", 3)
+    assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 5)) is None
+    assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 3)).info.run_id == run
+    # greedy-only asked: a run that also has avg@3 has everything asked
+    assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 0)).info.run_id == run
+
+
 def test_system_metrics_go_to_the_sweeps_store_not_the_working_directory(tmp_path, monkeypatch):
     """With the default SQLite store and no MLFLOW_TRACKING_URI (the README set-up), the monitor
     used to write to ./mlflow.db of the worker's working directory: the run showed no system metrics."""

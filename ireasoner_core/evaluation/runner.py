@@ -153,6 +153,15 @@ def check_tasks(tasks: list[str], task_manager) -> None:
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}; causes: {causes})")
 
 
+def sampled_plan(tasks: list[str], sampled_k: int | None) -> tuple[list[str], int]:
+    """Which of ``tasks`` get avg@k, and k: ``sampled_k`` None, the mini tasks at ``DEFAULT_SAMPLED_K``;
+    0, none; k, every task."""
+    if sampled_k is not None and sampled_k < 0:
+        raise EvaluationError(f"sampled_k must be >= 0 (0 = greedy only), got {sampled_k}")
+    sampled_tasks = [t for t in tasks if sampled_k or (sampled_k is None and t in MINI_TASKS)]
+    return sampled_tasks, (DEFAULT_SAMPLED_K if sampled_k is None else sampled_k) if sampled_tasks else 0
+
+
 def run_evaluation(
     model_cfg: ModelConfig,
     adapter: Path | None,
@@ -190,10 +199,7 @@ def run_evaluation(
     install_math_judge(math_judge)   # before lmms-eval imports MathVista's module (check_tasks does)
     task_manager = _task_manager()
     check_tasks(tasks, task_manager)
-    if sampled_k is not None and sampled_k < 0:
-        raise EvaluationError(f"sampled_k must be >= 0 (0 = greedy only), got {sampled_k}")
-    sampled_tasks = [t for t in tasks if sampled_k or (sampled_k is None and t in MINI_TASKS)]
-    k = (DEFAULT_SAMPLED_K if sampled_k is None else sampled_k) if sampled_tasks else 0
+    sampled_tasks, k = sampled_plan(tasks, sampled_k)
     sampled_keys = [BENCHMARKS[t].results_key if t in BENCHMARKS else t for t in sampled_tasks]
     lm = IReasonerLMM(model_cfg=model_cfg, adapter=str(adapter) if adapter else None, batch_size=batch_size,
                       device=device, max_new_tokens=max_new_tokens, protocol=protocol,
