@@ -108,16 +108,17 @@ def _holders(limit: str) -> str:
                      for e in held)
 
 
-def _occupancy(limit: str) -> str:
+def _occupancy(limit: str) -> tuple[str, bool]:
+    """"k/n slots taken", and whether a slot is free right now (False when unknown)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     try:
         with get_client(sync_client=True) as client:
             gcl = client.read_global_concurrency_limit_by_name(limit)
-        return f"{gcl.active_slots}/{gcl.limit} slots taken"
+        return f"{gcl.active_slots}/{gcl.limit} slots taken", gcl.active_slots < gcl.limit
     except (ObjectNotFound, Exception):  # noqa: BLE001 - the message is best effort, the wait goes on
-        return "occupancy unknown"
+        return "occupancy unknown", False
 
 
 class _ExpectedSlotTimeout(logging.Filter):
@@ -148,8 +149,14 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
                 break
             except TimeoutError:
                 waited += wait_log_seconds
+                taken, free = _occupancy(limit)
+                if free:
+                    # The holder let go between our timeout and this read: nothing is stuck, try again.
+                    log.info("%s: a slot of concurrency limit %r was freed as its wait timed out (%.0f s); "
+                             "trying again", what, limit, waited)
+                    continue
                 log.warning("%s has waited %.0f s for a slot of concurrency limit %r (%s; held by: %s); %s",
-                            what, waited, limit, _occupancy(limit), _holders(limit), FREE_BY_HAND.format(name=limit))
+                            what, waited, limit, taken, _holders(limit), FREE_BY_HAND.format(name=limit))
         entry = _write("slot", {"limit": limit, "slots": 1, "what": what})
         stack.callback(entry.unlink, missing_ok=True)
         yield
