@@ -165,6 +165,12 @@ def test_skip_lookup_needs_the_asked_avg_at_k_with_the_same_k(client):
     assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 3)).info.run_id == run
     # greedy-only asked: a run that also has avg@3 has everything asked
     assert find_finished_variant(client, exp, *key, [task], 2, None, sampled_plan([task], 0)).info.run_id == run
+    # avg@3 asked on two tasks, measured on one (the other's per-item scores were not numbers): not a skip
+    other = "ireasoner_ai2d_mini"
+    client.log_metric(run, f"eval/{other}", 30.0)
+    assert find_finished_variant(client, exp, *key, [task, other], 2, None, sampled_plan([task, other], 0)
+                                 ).info.run_id == run
+    assert find_finished_variant(client, exp, *key, [task, other], 2, None, sampled_plan([task, other], 3)) is None
 
 
 def test_system_metrics_go_to_the_sweeps_store_not_the_working_directory(tmp_path, monkeypatch):
