@@ -109,7 +109,7 @@ def _holders(limit: str) -> str:
 
 
 def _occupancy(limit: str) -> tuple[str, bool]:
-    """"k/n slots taken", and whether a slot is free right now (False when unknown)."""
+    """Occupancy as "k/n slots taken", and whether a slot is free right now (False when unknown)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -141,6 +141,7 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
     # service would also log it as an ERROR with a traceback-like repr every 30 s.
     logging.getLogger("prefect._internal.concurrency").addFilter(_SLOT_TIMEOUT_FILTER)
     waited = 0.0
+    retried_free = False
     with contextlib.ExitStack() as stack:
         while True:
             release_slots_of_dead_processes(log)
@@ -150,11 +151,14 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
             except TimeoutError:
                 waited += wait_log_seconds
                 taken, free = _occupancy(limit)
-                if free:
+                if free and not retried_free:
                     # The holder let go between our timeout and this read: nothing is stuck, try again.
+                    # Once only: a slot that reads free but cannot be taken twice running is worth a warning.
                     log.info("%s: a slot of concurrency limit %r was freed as its wait timed out (%.0f s); "
                              "trying again", what, limit, waited)
+                    retried_free = True
                     continue
+                retried_free = False
                 log.warning("%s has waited %.0f s for a slot of concurrency limit %r (%s; held by: %s); %s",
                             what, waited, limit, taken, _holders(limit), FREE_BY_HAND.format(name=limit))
         entry = _write("slot", {"limit": limit, "slots": 1, "what": what})

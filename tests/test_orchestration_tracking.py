@@ -142,7 +142,6 @@ def test_skip_lookup_needs_every_requested_benchmark_on_as_many_items(client):
     assert find_finished_variant(client, exp, *key, ["ireasoner_chartqa_mini"], 2, "lmms_eval") is None
 
 
-
 def test_skip_lookup_needs_the_asked_avg_at_k_with_the_same_k(client):
     """A run scored greedy only, or avg@3, is not re-used by a sweep that asks for avg@5: its table-1
     avg@k column would be missing or mix two k."""
