@@ -127,7 +127,7 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
                 scores = evaluate_variant.with_options(task_run_name=f"evaluate-{plan.key}")(
                     plan.model, adapter, list(evaluation.tasks), str(Path(plan.output_dir) / "eval"), run_id,
                     limit=evaluation.limit, tracking_uri=tracking, protocol=evaluation.protocol,
-                    sampled_k=evaluation.sampled_k)
+                    sampled_k=evaluation.sampled_k, seed=plan.seed)
             # What a later sweep's re-use matches on: scores on this many items per benchmark.
             client.set_tag(run_id, TAG_EVAL_LIMIT, eval_limit_tag(evaluation.limit))
         else:

@@ -36,6 +36,7 @@ TRAIN_PREFIX = "train/"                     # per-iteration signals, step = glob
 EVAL_PREFIX = "eval/"                       # eval/<task> = headline score in [0, 100]
 EVAL_SAMPLED_PREFIX = "eval_sampled/"       # eval_sampled/<task> = avg@k (k = param eval_sampled_k), [0, 100]
 EVAL_SAMPLED_K_PARAM = "eval_sampled_k"
+EVAL_SAMPLE_SEED_PARAM = "eval_sample_seed"  # torch seed of those samples: the variant's seed in a sweep
 
 # Artifacts (paths inside a run's artifact root)
 ARTIFACT_METRICS_JSONL = "train/metrics.jsonl"

@@ -26,6 +26,7 @@ from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
 from tasks.conventions import (
     EVAL_PREFIX,
+    EVAL_SAMPLE_SEED_PARAM,
     EVAL_SAMPLED_K_PARAM,
     EVAL_SAMPLED_PREFIX,
     EVAL_SAMPLES_DIR,
@@ -59,6 +60,7 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
         client.set_tag(run_id, f"ireasoner.{key}", value)
     if result.sampled_scores:
         client.log_param(run_id, EVAL_SAMPLED_K_PARAM, result.sampled_k)
+        client.log_param(run_id, EVAL_SAMPLE_SEED_PARAM, result.sample_seed)
     if result.adapter:
         client.set_tag(run_id, "ireasoner.eval_adapter", result.adapter)
     return dict(result.scores)
@@ -75,17 +77,19 @@ def _logger():
 def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list[str], output_dir: str,
                      mlflow_run_id: str, limit: int | None = None,
                      tracking_uri: str | None = None, protocol: str = "lmms_eval",
-                     sampled_k: int | None = None) -> dict[str, float]:
+                     sampled_k: int | None = None, seed: int = 0) -> dict[str, float]:
     """Run the lmms-eval tasks on base + ``adapter`` (None = the untrained baseline) and log them.
 
     ``tracking_uri`` None: ``MLFLOW_TRACKING_URI``, else the flow's store (``tasks.runs.tracking_uri``).
     ``protocol``: lmms_eval (paper table 1, the default) or solver; see docs/evaluation.md.
     ``sampled_k``: avg@k's k (None: 5 on the mini tasks, none elsewhere; 0: off).
+    ``seed``: lmms-eval's seeds and avg@k's sampling seed; a sweep passes the variant's seed so that
+    two seeds of the untrained baseline are two independent draws, not one draw counted twice.
     """
     log = _logger()
     cfg = ModelConfig.model_validate(model_cfg)
     result = run_evaluation(cfg, Path(adapter) if adapter else None, list(tasks), Path(output_dir), limit=limit,
-                             protocol=protocol, sampled_k=sampled_k)
+                             protocol=protocol, sampled_k=sampled_k, seed=seed)
     if not result.is_main_process:
         return {}
     for note in result.notes:

@@ -21,7 +21,7 @@ def test_evaluate_variant_logs_on_the_given_run(tmp_path, monkeypatch, embedded_
     exp = client.create_experiment("ireasoner", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(exp).info.run_id
     scores = evaluate_variant.fn({"name_or_path": "embedded"}, None, list(MINI_TASKS), str(tmp_path / "eval"),
-                                 run_id, limit=2, tracking_uri=uri)
+                                 run_id, limit=2, tracking_uri=uri, seed=3)
     metrics = client.get_run(run_id).data.metrics
     assert set(scores) == set(MINI_TASKS)
     for task in MINI_TASKS:
@@ -38,6 +38,8 @@ def test_evaluate_variant_logs_on_the_given_run(tmp_path, monkeypatch, embedded_
     assert (run.params["eval_protocol"], run.params["eval_answer_extractor"]) == ("lmms_eval", "evolmm")
     assert run.tags["ireasoner.eval_protocol"] == "lmms_eval" and run.params["eval_math_judge"] == "local"
     assert run.params["eval_sampled_k"] == "5"
+    assert run.params["eval_sample_seed"] == "3"   # the seed it was given, recorded with the samples
     local = client.download_artifacts(run_id, "eval_results/results.json", str(tmp_path / "dl"))
     recorded = json.loads(Path(local).read_text())["ireasoner"]
     assert (recorded["protocol"], recorded["answer_extractor"]) == ("lmms_eval", "evolmm")
+    assert recorded["sample_seed"] == 3

@@ -36,14 +36,14 @@ def test_a_variant_trained_without_evaluation_is_evaluated_when_a_sweep_asks(har
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
-    spec = {"name": "noeval", "iterations": 2, "runs_dir": str(tmp_path / "runs"), "variants": ["full"],
+    spec = {"name": "noeval", "iterations": 2, "seeds": [1], "runs_dir": str(tmp_path / "runs"), "variants": ["full"],
             "images": {"synthetic_images": 4}, "evaluation": {"tasks": []},
             "overrides": {"checkpoint.every": 1, "sampling.num_rollouts": 2, "sampling.solver_max_new_tokens": 12,
                           "sampling.proposer_max_new_tokens": 12}}
     first = ireasoner(spec=spec)
     (row,) = first["rows"]
     assert row["status"] == "finished"
-    (run_dir,) = (tmp_path / "runs" / "noeval").glob("full-s0-*")
+    (run_dir,) = (tmp_path / "runs" / "noeval").glob("full-s1-*")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter-000001", "iter-000002"]
 
     evaluated = {**spec, "evaluation": {"tasks": [TASK], "limit": 2, "sampled_k": 3}}
@@ -57,6 +57,8 @@ def test_a_variant_trained_without_evaluation_is_evaluated_when_a_sweep_asks(har
     assert f"eval/{TASK}" in run2.data.metrics
     # the spec's evaluation.sampled_k reaches the evaluation: avg@3 beside the greedy score
     assert f"eval_sampled/{TASK}" in run2.data.metrics and run2.data.params["eval_sampled_k"] == "3"
+    # and the variant's seed is the samples' seed, so two seeds of a variant are independent draws
+    assert run2.data.params["eval_sample_seed"] == "1"
     table1 = (tmp_path / "runs" / "noeval" / "report" / "tables" / "table1.md").read_text()
     assert "iReasoner (full)" in table1 and "avg@3" in table1
 

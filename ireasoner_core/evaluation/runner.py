@@ -78,6 +78,8 @@ class EvalResult(BaseModel):
     """MathVista's answer extraction: lmms-eval's rules without its LLM judge, or the judge (``math_judge.py``)."""
     sampled_k: int = 0
     """Samples per item behind ``sampled_scores`` (0: greedy only)."""
+    sample_seed: int = 0
+    """Seed of those samples (a sweep passes the variant's seed, so its seeds are independent draws)."""
     sampled_scores: dict[str, float] = Field(default_factory=dict,
                                              description="task -> avg@k: mean accuracy of k samples at T=1, 0-100")
 
@@ -218,7 +220,7 @@ def run_evaluation(
         lm.sampled = {key: v for part in gather_object([lm.sampled]) for key, v in part.items()}
     out = EvalResult(model=model_cfg.name_or_path, adapter=str(adapter) if adapter else None, tasks=tasks,
                      protocol=lm.protocol, answer_extractor=lm.answer_extractor, math_judge=lm.math_judge,
-                     sampled_k=k)
+                     sampled_k=k, sample_seed=seed)
     if results is None:  # a non-zero rank: rank 0 holds the gathered results
         out.is_main_process = False
         out.seconds = time.perf_counter() - started
