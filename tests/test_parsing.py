@@ -210,3 +210,26 @@ def test_parse_rollout_never_raises_on_garbage() -> None:
         r = parse_rollout(text, 4)
         assert isinstance(r.answer, str) and len(r.steps) <= 4 and r.words_before_answer >= 0
         assert "<|im_end|>" not in r.think and all(s.strip() for s in r.steps)
+
+
+# --- what mutation testing found unpinned (docs/testing.md) -----------------------------------
+
+def test_step_budget_applies_to_step_blocks_and_to_sentences_too() -> None:
+    # The budget K (SPEC "Step extraction") bounds every extraction path, not only step markers.
+    blocks = "".join(f"<step>s{k}</step>" for k in range(1, 6))
+    assert extract_steps(blocks, 3) == ["s1", "s2", "s3"]
+    assert extract_steps("One. Two. Three. Four.", 2) == ["One.", "Two."]
+
+
+def test_stray_tags_inside_steps_and_answers_become_plain_spaces() -> None:
+    # A tag is a separator, never text: nothing of it may reach the step embeddings or the answer.
+    assert extract_steps("<step>Area is <answer> 6</step>", 8) == ["Area is 6"]
+    assert extract_steps("Step 1: add </answer> 2 Step 2: done", 8) == ["add 2", "done"]
+    assert parse_rollout("<think>a</think><answer>4<step>2</answer>", 8).raw_answer == "4 2"
+    assert parse_rollout("<think>a</think><answer> 42 <step>", 8).raw_answer == "42"
+
+
+def test_think_is_read_after_its_own_opening_tag() -> None:
+    # A closing tag before the opening one, or an answer before an unclosed think, does not end it.
+    assert parse_rollout("</think>x <think>Step 1: a.</think><answer>1</answer>", 8).think == "Step 1: a."
+    assert parse_rollout("<answer>1</answer><think>Step 1: a.", 8).think == "Step 1: a."
