@@ -65,6 +65,41 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     assert load_config(tmp_path / "c.yaml", {"sampling.num_rollouts": 3}).hash() != cfg.hash()
 
 
+# SPEC.md's ablation table, written out here rather than read from ``ABLATIONS``, so that a wrong
+# entry there (λ of soft_only not 0, a wrong α) fails: (λ at the first iteration, λ at the last,
+# then the reward settings each ablation leaves or changes).
+SPEC_TABLE = {
+    #                     λ(1)  λ(T)  decay gamma eta  alpha answer_reward K
+    "full":               (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 8),
+    "soft_only":          (0.0, 0.0, 0.15, 0.7, 0.05, 0.7, "soft", 8),
+    "step_only":          (1.0, 1.0, 0.15, 0.7, 0.05, 0.7, "soft", 8),
+    "no_warmup":          (0.7, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 8),
+    "no_position_decay":  (0.0, 0.7, 0.0, 0.7, 0.05, 0.7, "soft", 8),
+    "no_density":         (0.0, 0.7, 0.15, 0.0, 0.05, 0.7, "soft", 8),
+    "no_length_penalty":  (0.0, 0.7, 0.15, 0.7, 0.0, 0.7, "soft", 8),
+    "soft_gamma_0.5":     (0.0, 0.7, 0.15, 0.7, 0.05, 0.5, "soft", 8),
+    "soft_gamma_1.0":     (0.0, 0.7, 0.15, 0.7, 0.05, 1.0, "soft", 8),
+    "discrete":           (0.0, 0.0, 0.15, 0.7, 0.05, 0.7, "discrete", 8),
+    "discrete_plus_step": (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "discrete", 8),
+    "max_steps_4":        (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 4),
+    "max_steps_6":        (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 6),
+    "max_steps_8":        (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 8),
+    "max_steps_10":       (0.0, 0.7, 0.15, 0.7, 0.05, 0.7, "soft", 10),
+}
+
+
+def test_ablations_compute_what_specs_table_says():
+    from ireasoner_core.rewards import warmup_lambda
+
+    assert set(ABLATIONS) == set(SPEC_TABLE)
+    for name, expected in SPEC_TABLE.items():
+        r = apply_ablation(TrainConfig(), name).rewards
+        total = 100
+        got = (warmup_lambda(1, total, r), warmup_lambda(total, total, r), r.position_decay, r.gamma_density,
+               r.eta, r.alpha, r.answer_reward, r.max_reasoning_steps)
+        assert got == pytest.approx(expected), name
+
+
 def test_every_ablation_applies_its_change():
     full = TrainConfig()
     for name, changes in ABLATIONS.items():
