@@ -71,3 +71,58 @@ def test_mean_over_seeds_averages_each_item_over_the_seeds_that_scored_it():
     m = mean_over_seeds([{"0": 100.0, "1": 0.0}, {"0": 0.0, "1": 0.0, "2": 100.0}])
     assert m == {"0": 50.0, "1": 0.0, "2": 100.0}
     assert math.isclose(sum(m.values()), 150.0)
+
+
+# --- what mutation testing found unpinned (docs/testing.md) -----------------------------------
+
+DIFFS = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]   # against a baseline of zeros
+
+
+def test_the_interval_is_reproducible_and_its_defaults_are_documented_ones():
+    # docs/evaluation.md: 10,000 resamples, seed 0; a table rebuilt from MLflow shows the same interval.
+    rng_data = [((k * 37) % 101) / 10 for k in range(50)]
+    zeros = [0.0] * 50
+    default = paired_bootstrap(rng_data, zeros)
+    assert default == paired_bootstrap(rng_data, zeros, n_resamples=10_000, seed=0)
+    assert default != paired_bootstrap(rng_data, zeros, seed=1)
+
+
+def test_every_interval_end_is_a_resampled_mean_even_with_few_resamples():
+    # Ten items with differences 0..9: every resample mean is a multiple of 0.1, and so must be
+    # the ends ("inverted CDF", never interpolated), including when one resample is all there is.
+    for n in (1, 2, 7):
+        ci = paired_bootstrap(DIFFS, [0.0] * 10, n_resamples=n, seed=3)
+        for end in (ci.low, ci.high):
+            assert 0.0 <= end <= 9.0 and abs(end * 10 - round(end * 10)) < 1e-9, (n, end)
+    one = paired_bootstrap(DIFFS, [0.0] * 10, n_resamples=1, seed=3)
+    assert one.low == one.high
+
+
+def test_resamples_drawn_in_several_chunks_fill_every_slot():
+    # 100,001 items: chunks of 19 resamples, so 40 resamples take three chunks.
+    n = 100_001
+    ci = paired_bootstrap([1.0] * n, [0.0] * n, n_resamples=40)
+    assert (ci.low, ci.high, ci.n_items) == (1.0, 1.0, n)
+
+
+def test_scores_given_as_correct_or_not_are_numbers():
+    ci = paired_bootstrap([True, True, False], [False, True, False], n_resamples=200)
+    assert ci.delta == pytest.approx(1 / 3)
+
+
+def test_the_bounds_of_the_settings():
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="confidence"):
+            paired_bootstrap([1], [0], confidence=bad)
+    with pytest.raises(ValueError, match="n_resamples"):
+        paired_bootstrap([1], [0], n_resamples=0)
+    assert paired_bootstrap([1], [0], n_resamples=1).delta == 1.0
+    with pytest.raises(ValueError, match="no values"):
+        summarize_seeds([])
+
+
+def test_item_ids_sort_numerically_negative_ones_first_and_names_last():
+    # value = expected position: -20, -3, 2, 10 (numbers, by value), then "a", "b" (names)
+    ids = {"b": 5.0, "10": 3.0, "-3": 1.0, "2": 2.0, "a": 4.0, "-20": 0.0}
+    a, b = pair_items(ids, dict(ids))
+    assert a == b == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
