@@ -166,3 +166,65 @@ def test_avg_at_k_columns_sit_beside_their_task_with_their_own_paired_interval()
     # asked for by task name, the avg@k column still comes along
     assert build_table("table1", "T", runs, ["baseline", "full"], tasks=[A], n_resamples=100).benchmarks == [
         A, S, AVERAGE]
+    assert any(n.startswith("avg@5:") for n in t.notes)
+
+
+# --- what mutation testing found unpinned (docs/testing.md) -----------------------------------
+
+def test_the_interval_uses_the_tables_resamples_and_seed():
+    from ireasoner_core.reports.bootstrap import pair_items, paired_bootstrap
+
+    # 40 items with distinct differences, so that another seed moves the interval's ends
+    method = _run("full", 0, [(k * 37) % 101 for k in range(40)], [0] * 40)
+    base = _run("baseline", 0, [(k * 53) % 97 for k in range(40)], [0] * 40)
+    a, b = pair_items(method.items[A], base.items[A])
+    for kwargs, expected in (({}, {"n_resamples": 10_000, "seed": 0}), ({"seed": 5, "n_resamples": 7},) * 2):
+        c = build_table("t", "t", [base, method], ["baseline", "full"], **kwargs).cell("full", A)
+        ci = paired_bootstrap(a, b, **expected)   # docs/evaluation.md: 10,000 resamples, seed 0
+        assert (c.ci_low, c.ci_high) == (ci.low, ci.high), kwargs
+    assert (paired_bootstrap(a, b, seed=1).low, paired_bootstrap(a, b, seed=1).high) != \
+        (paired_bootstrap(a, b, seed=0).low, paired_bootstrap(a, b, seed=0).high)   # the data can tell seeds apart
+    real = [VariantRun(variant="baseline", scores={"chartqa": 10.0}), VariantRun(variant="full", scores={"chartqa": 12.0})]
+    assert PAPER_BASELINE not in build_table("table1", "t", real, ["baseline", "full"]).methods   # paper rows: opt-in
+
+
+def test_a_method_whose_seeds_are_not_all_itemised_gets_no_interval():
+    # Pairing one seed's items with a two-seed mean would compare different things.
+    itemised = _run("full", 0, [100, 100, 0, 100], [0] * 4)
+    bare = VariantRun(variant="full", seed=1, scores={A: 25.0, B: 0.0})
+    c = build_table("t", "t", [RUNS[0], itemised, bare], ["baseline", "full"]).cell("full", A)
+    assert c.delta == (75.0 + 25.0) / 2 - 50.0 and c.ci_low is None and c.n_items is None
+
+
+def test_without_a_baseline_there_is_no_delta_and_no_error():
+    t = build_table("t", "t", [r for r in RUNS if r.variant != "baseline"], ["soft_only", "full"], n_resamples=50)
+    for bench in (A, B, AVERAGE):
+        assert t.cell("full", bench).delta is None and t.cell("full", bench).mean is not None
+    assert t.cell("full", AVERAGE).benchmark_label == "Avg"
+
+
+def test_the_average_skips_a_run_that_misses_a_task():
+    partial = VariantRun(variant="full", seed=2, scores={A: 0.0})
+    t = build_table("t", "t", [*RUNS, partial], ["baseline", "full"], n_resamples=50)
+    assert t.cell("full", AVERAGE).mean == 68.75 and t.cell("full", AVERAGE).n_seeds == 2
+    assert t.cell("baseline", AVERAGE).delta is None
+
+
+def test_each_cell_carries_its_own_rows_protocol_and_notes_only_what_applies():
+    base = VariantRun(variant="baseline", scores={A: 10.0, B: 1.0}, protocol="solver")
+    full = VariantRun(variant="full", scores={A: 12.0, B: 2.0}, protocol="lmms_eval")
+    t = build_table("t", "t", [base, full], ["baseline", "full"])
+    assert {(c.method, c.protocol) for c in t.cells} == {("baseline", "solver"), ("full", "lmms_eval")}
+    two = build_table("t", "t", [base, full, full.model_copy(update={"seed": 1, "protocol": "solver"})],
+                      ["baseline", "full"])
+    assert two.cell("full", A).protocol == "lmms_eval,solver"   # a row whose seeds used two protocols says so
+    same = build_table("t", "t", [full, base.model_copy(update={"protocol": "lmms_eval"})], ["baseline", "full"])
+    assert same.notes == []   # one protocol, no avg@k column: nothing to warn about
+
+
+def test_a_column_with_one_score_does_not_stop_the_ranking_of_the_next():
+    runs = [VariantRun(variant="baseline", scores={B: 1.0}), VariantRun(variant="soft_only", scores={A: 5.0, B: 3.0}),
+            VariantRun(variant="full", scores={B: 2.0})]
+    t = build_table("t", "t", runs, ["baseline", "soft_only", "full"], tasks=[A, B])
+    assert t.cell("soft_only", A).rank is None   # alone in its column
+    assert [t.cell(m, B).rank for m in ("soft_only", "full", "baseline")] == [1, 2, None]
