@@ -84,7 +84,7 @@ def evaluate_variant(model_cfg: dict[str, Any], adapter: str | None, tasks: list
     ``protocol``: lmms_eval (paper table 1, the default) or solver; see docs/evaluation.md.
     ``sampled_k``: avg@k's k (None: 5 on the mini tasks, none elsewhere; 0: off).
     ``seed``: lmms-eval's seeds and avg@k's sampling seed; a sweep passes the variant's seed so that
-    two seeds of the untrained baseline are two independent draws, not one draw counted twice.
+    a variant's seeds are independent draws of its samples, not one draw repeated.
     """
     log = _logger()
     cfg = ModelConfig.model_validate(model_cfg)
