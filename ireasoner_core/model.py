@@ -15,11 +15,13 @@ and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
   (= head_dim/2, the 7B's [16, 24, 24] proportions), untied LM head as in the 7B. Four layers,
   not one, so LoRA on q/k/v/o/gate/up/down has several places to act; 128 wide so a
   forward/backward over 5 rollouts of ~250 tokens takes well under a second on one CPU core.
-* vision tower: 2 blocks, hidden 64, 4 heads, patch 14, temporal patch 2, spatial merge 2,
-  window 112 px with the last block global (``fullatt_block_indexes``), so windowed and full
-  attention and the 2x2 patch merger all run exactly as in the 7B; out_hidden_size = 128.
-* processor: images resized to 56x56 .. 168x168 pixels, i.e. 4 .. 36 merged image tokens (a
-  224 px synthetic chart becomes 12x12 patches), so a Solver prompt stays ~130 tokens.
+* vision tower: 2 blocks, hidden 64, 4 heads, patch 42, temporal patch 2, spatial merge 2,
+  windows of 4x4 merged tokens with the last block global (``fullatt_block_indexes``), so
+  windowed and full attention and the 2x2 patch merger all run exactly as in the 7B;
+  out_hidden_size = 128. The patch is 3x the 7B's so that lmms-eval's standard pixel limits
+  (min 448x448) give the same 36-token grid the model trains on.
+* processor: images resized to 448x448 .. 504x504 pixels, i.e. 36 merged image tokens (a 224 px
+  synthetic chart becomes 504x504, 12x12 patches), so a Solver prompt stays ~130 tokens.
 * tokenizer: byte-level BPE (Qwen2's pre-tokenizer, one digit per token) trained on the prompt
   text and the synthetic QA (~770 tokens: the corpus is templated text, and rows it never uses
   would only be noise for the LoRA updates), Qwen2.5-VL's 14 special tokens, and the role format
@@ -28,7 +30,7 @@ and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
 
 About 1.3 M parameters. The warm-start (``embedded/warmstart.py``, docs/embedded_model.md)
 keeps the vision tower at its random, background-free init and trains the merger and the language
-model (650 AdamW steps of 16 sequences: image transcripts first, then Solver, benchmark-formatted
+model (1,050 AdamW steps of 8 sequences: image transcripts first, then Solver, benchmark-formatted
 Solver, lmms-eval direct-answer and Proposer targets) on synthetic chart/diagram/geometry images,
 so both roles emit their tags and lmms-eval's direct prompts get direct answers. The model reads
 little of the image, so its N rollouts agree sometimes and differ often, which is what the

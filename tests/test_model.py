@@ -226,12 +226,14 @@ def test_format_tags_are_single_tokens_kept_by_decode(backbone):
 
 def test_image_pixels_are_capped_by_config(embedded_model_dir):
     image = make_item(0, "bar")[1]  # 224 x 224
-    # 224x224 over a 112*112 budget: scale by 1/2 -> 112x112 = 8x8 patches of 14 -> 16 merged tokens.
-    _, proc = load_backbone(ModelConfig(name_or_path=str(embedded_model_dir), max_image_pixels=112 * 112))
+    # 224x224 under a 252*252 budget (patch 42 x merge 2 = multiples of 84): 252x252 = 6x6 patches
+    # -> 9 merged tokens, where the checkpoint alone would upscale to 504x504.
+    _, proc = load_backbone(ModelConfig(name_or_path=str(embedded_model_dir), max_image_pixels=252 * 252))
     out = proc(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")
-    assert out["image_grid_thw"].tolist() == [[1, 8, 8]]
-    assert int((out["input_ids"] == proc.image_token_id).sum()) == 16
-    # The config default (448*448) exceeds the checkpoint's own 168*168 limit: the checkpoint wins.
+    assert out["image_grid_thw"].tolist() == [[1, 6, 6]]
+    assert int((out["input_ids"] == proc.image_token_id).sum()) == 9
+    # The config default (448*448) is also lmms-eval's min_pixels, which the checkpoint's processor
+    # resizes to the same 504x504 grid: 12x12 patches, 36 tokens.
     _, proc = load_backbone(ModelConfig(name_or_path=str(embedded_model_dir)))
     out = proc(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[image], return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 12, 12]]

@@ -13,11 +13,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-# Images are resized to between MIN and MAX pixels, in multiples of 28 (patch 14 x merge 2):
-# a 224x224 synthetic image becomes 168x168, i.e. 12x12 patches and 36 merged image tokens.
-# Enough to tell a pie from a food chain; small enough that CPU rollouts stay short.
-EMBEDDED_MIN_PIXELS = 56 * 56
-EMBEDDED_MAX_PIXELS = 168 * 168
+# Patch 42 x merge 2: a 224x224 synthetic image becomes 504x504, i.e. 12x12 patches and 36 merged
+# image tokens (enough to tell a pie from a food chain, few enough for CPU rollouts). The patch is
+# 3x the 7B's because of table 1's protocol: lmms-eval's qwen2_5_vl upscales every image to its
+# min_pixels (256*28*28, i.e. 448x448) before the processor sees it. With patch 14 that is 256
+# tokens, a view the model never trained on (it scored 13/0/3 on the mini tasks there against
+# 38/18/3 on its own 36-token view); with patch 42 the processor turns 448x448 into the same
+# 504x504 grid of 36 tokens, so both protocols show the model what it was trained on.
+PATCH_SIZE = 42
+EMBEDDED_MIN_PIXELS = 448 * 448  # lmms-eval's min_pixels; anything above 420x420 lands on 504 for 224 px
+EMBEDDED_MAX_PIXELS = 504 * 504
 
 TEXT_HIDDEN = 128
 TEXT_LAYERS = 4
@@ -70,12 +75,12 @@ def tiny_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
         "intermediate_size": 2 * VISION_HIDDEN,
         "num_heads": VISION_HEADS,
         "in_channels": 3,
-        "patch_size": 14,
+        "patch_size": PATCH_SIZE,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
-        # window 112 px = 4x4 merged tokens per window, as in Qwen2.5-VL; the last block attends
-        # globally (Qwen's fullatt_block_indexes), so both attention paths run.
-        "window_size": 112,
+        # 4x4 merged tokens per window, as in Qwen2.5-VL (112 px at patch 14); the last block
+        # attends globally (Qwen's fullatt_block_indexes), so both attention paths run.
+        "window_size": 8 * PATCH_SIZE,
         "fullatt_block_indexes": [VISION_DEPTH - 1],
         "out_hidden_size": TEXT_HIDDEN,
         "tokens_per_second": 2,
@@ -103,11 +108,11 @@ def generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
 def build_processor(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLProcessor:
     """Qwen2.5-VL processor: Qwen2-VL image/video processors with the embedded pixel budget."""
     image_processor = Qwen2VLImageProcessor(
-        min_pixels=EMBEDDED_MIN_PIXELS, max_pixels=EMBEDDED_MAX_PIXELS, patch_size=14, temporal_patch_size=2,
+        min_pixels=EMBEDDED_MIN_PIXELS, max_pixels=EMBEDDED_MAX_PIXELS, patch_size=PATCH_SIZE, temporal_patch_size=2,
         merge_size=2,
     )
     video_processor = Qwen2VLVideoProcessor(
-        min_pixels=EMBEDDED_MIN_PIXELS, max_pixels=EMBEDDED_MAX_PIXELS, patch_size=14, temporal_patch_size=2,
+        min_pixels=EMBEDDED_MIN_PIXELS, max_pixels=EMBEDDED_MAX_PIXELS, patch_size=PATCH_SIZE, temporal_patch_size=2,
         merge_size=2,
     )
     return Qwen2_5_VLProcessor(
