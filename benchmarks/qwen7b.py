@@ -129,10 +129,17 @@ def qwen2_5_vl_7b_config(tokenizer, scaled_down: bool = False) -> Qwen2_5_VLConf
     return qwen2_5_vl_config(tokenizer, QWEN2_5_VL_7B_TEXT, QWEN2_5_VL_7B_VISION)
 
 
-def embedded_processor(image_pixels: int = PAPER_IMAGE_PIXELS) -> ProcessorMixin:
-    """The embedded processor/tokenizer (as the trainer loads it), every image resized to ``image_pixels``."""
+def embedded_processor(image_pixels: int = PAPER_IMAGE_PIXELS,
+                       vision: dict[str, Any] = QWEN2_5_VL_7B_VISION) -> ProcessorMixin:
+    """The embedded processor/tokenizer (as the trainer loads it), cutting images into ``vision``'s
+    patches (the 7B's 14 px, not the embedded model's own) and resizing each to ``image_pixels``."""
     _, processor = load_backbone(ModelConfig(), device="cpu")
     ip = processor.image_processor
+    # The pixel values must have the 7B tower's patch shape (3 x 2 x 14 x 14), whatever the
+    # embedded checkpoint's patch is.
+    ip.patch_size = vision["patch_size"]
+    ip.temporal_patch_size = vision["temporal_patch_size"]
+    ip.merge_size = vision["spatial_merge_size"]
     # min = max pins the budget: a square image becomes exactly sqrt(pixels) on a side (448 -> 256 tokens).
     ip.size = {"shortest_edge": image_pixels, "longest_edge": image_pixels}
     for attr in ("min_pixels", "max_pixels"):
