@@ -132,6 +132,25 @@ class _ExpectedSlotTimeout(logging.Filter):
 _SLOT_TIMEOUT_FILTER = _ExpectedSlotTimeout()
 
 
+class _Held:
+    """A slot's context manager whose ledger entry is removed only once the slot is given back."""
+
+    def __init__(self, slot: contextlib.AbstractContextManager) -> None:
+        self.slot, self.entry = slot, None
+
+    def __enter__(self) -> _Held:
+        self.slot.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        # Raises when the server cannot be reached (Ctrl-C stops the ephemeral server with the flow):
+        # then the entry stays, and the next flow frees the slot of this dead process.
+        suppress = self.slot.__exit__(*exc)
+        if self.entry is not None:
+            self.entry.unlink(missing_ok=True)
+        return suppress
+
+
 @contextlib.contextmanager
 def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = WAIT_LOG_SECONDS) -> Iterator[None]:
     """Prefect's ``concurrency`` slot for ``what``, recorded in the ledger; waits are logged, dead holders freed."""
@@ -146,7 +165,7 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
         while True:
             release_slots_of_dead_processes(log)
             try:
-                stack.enter_context(concurrency(limit, occupy=1, timeout_seconds=wait_log_seconds))
+                held = stack.enter_context(_Held(concurrency(limit, occupy=1, timeout_seconds=wait_log_seconds)))
                 break
             except TimeoutError:
                 waited += wait_log_seconds
@@ -161,8 +180,7 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
                 retried_free = False
                 log.warning("%s has waited %.0f s for a slot of concurrency limit %r (%s; held by: %s); %s",
                             what, waited, limit, taken, _holders(limit), FREE_BY_HAND.format(name=limit))
-        entry = _write("slot", {"limit": limit, "slots": 1, "what": what})
-        stack.callback(entry.unlink, missing_ok=True)
+        held.entry = _write("slot", {"limit": limit, "slots": 1, "what": what})
         yield
 
 

@@ -78,3 +78,69 @@ def test_a_wait_for_the_slot_is_logged_and_a_dead_holders_slot_comes_back(tmp_pa
     assert out["ledger_left"] == []
     # Each timed-out wait is our WARNING above, not also an ERROR from Prefect's slot service.
     assert "ConcurrencySlotAcquisition" not in r.stderr
+
+
+HOLDER = r"""
+import json
+from prefect.client.orchestration import get_client
+from prefect.server.api.server import SubprocessASGIServer
+from tasks.liveness import _ledger, concurrency_slot
+
+class Log:
+    def _add(self, msg, *a): pass
+    info = warning = error = _add
+
+with get_client(sync_client=True) as c:
+    c.upsert_global_concurrency_limit_by_name("probe-limit", 1)
+error = None
+try:
+    with concurrency_slot("probe-limit", "training of interrupted", Log(), wait_log_seconds=1):
+        # What Ctrl-C does to a local flow: its ephemeral server (same process group) stops first,
+        # so the slot cannot be given back on the way out.
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.server_process.kill()
+            server.server_process.wait()
+except Exception as e:  # the failed release
+    error = type(e).__name__
+print(json.dumps({"error": error, "ledger": [p.name for p in _ledger().glob("slot-*.json")]}))
+"""
+
+NEXT = r"""
+import json, threading, time
+from tasks.liveness import _ledger, concurrency_slot
+
+class Log:
+    def __init__(self): self.lines = []
+    def _add(self, msg, *a): self.lines.append(msg % a)
+    info = warning = error = _add
+
+log, took = Log(), []
+def take():
+    started = time.monotonic()
+    with concurrency_slot("probe-limit", "training of next", log, wait_log_seconds=1):
+        took.append(time.monotonic() - started)
+t = threading.Thread(target=take, daemon=True); t.start(); t.join(90)
+print(json.dumps({"took": took, "lines": log.lines, "ledger_left": [p.name for p in _ledger().glob("slot-*.json")]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_slot_whose_release_failed_is_freed_by_the_next_flow(tmp_path):
+    """The ledger entry outlives a release that could not reach the server (before, it was removed
+    first, and every later flow waited forever for a slot no process held)."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    env.pop("PREFECT_API_URL", None)
+    first = subprocess.run([sys.executable, "-c", HOLDER], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=400, check=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    held = json.loads(first.stdout.strip().splitlines()[-1])
+    assert held["error"] is not None                     # the slot could not be given back ...
+    assert len(held["ledger"]) == 1                      # ... so its holder is still on record
+    nxt = subprocess.run([sys.executable, "-c", NEXT], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=400, check=False)
+    assert nxt.returncode == 0, nxt.stderr[-3000:]
+    out = json.loads(nxt.stdout.strip().splitlines()[-1])
+    assert out["took"] and out["took"][0] < 30, out
+    assert any("training of interrupted" in line and "which died" in line for line in out["lines"]), out
+    assert out["ledger_left"] == []
