@@ -3,8 +3,9 @@ images is lower with each example's own image than with another image of the sam
 
 This is the floor of the "model organism": if the image pathway broke (pixels not reaching the
 merger, image tokens misplaced, a collapsed tower), the gap would vanish while the loss on the
-text prior stayed low. Measured on build v2-b706aa7d43 with these 30 images: describe gap 0.108
-(0.713 vs 0.821), direct answers 0.029, Solver 0.009 (too thin to assert).
+text prior stayed low. Measured with these 30 images on build v3-80a08d570b: describe gap 0.066
+(0.739 vs 0.805), direct answers 0.037, Solver 0.011 (too thin to assert); on v2-b706aa7d43:
+0.108, 0.029, 0.009.
 """
 
 from __future__ import annotations
