@@ -85,7 +85,9 @@ def test_kl_zero_before_first_update_positive_after_and_reference_fixed(tiny_cfg
     with torch.no_grad():
         _, kl1 = pol.completion_logprobs("solver", batches[0], feats, feats)
     mask = batches[0].completion_mask.bool()
-    assert kl1[mask].mean() > 0 and (kl1[mask] >= -1e-7).all()
+    # KL >= 0 per token up to float32 rounding: log_softmax is exact only to ~eps * |logit|, and on
+    # build v3 some tokens read -1.8e-6 (mean 0.02). A KL of the wrong sign reads about -1e-2.
+    assert kl1[mask].mean() > 0 and (kl1[mask] >= -1e-5).all()
     lp1, ref1 = _ref_logprobs(pol, batches[0], feats)
     assert torch.equal(ref1, ref0)                 # the reference never moves
     assert not torch.equal(lp1, lp0)               # the solver did
