@@ -28,7 +28,7 @@ and train it in minutes. Shapes (``ireasoner_core/embedded/architecture.py``):
   tags ``<think> </think> <answer> </answer> <question> </question> <rationale> </rationale>``
   as single non-special tokens (decode keeps them).
 
-About 1.3 M parameters. The warm-start (``embedded/warmstart.py``, docs/embedded_model.md)
+About 1.9 M parameters (0.68 M of them the frozen 42 px patch embedding). The warm-start (``embedded/warmstart.py``, docs/embedded_model.md)
 keeps the vision tower at its random, background-free init and trains the merger and the language
 model (1,050 AdamW steps of 8 sequences: image transcripts first, then Solver, benchmark-formatted
 Solver, lmms-eval direct-answer and Proposer targets) on synthetic chart/diagram/geometry images,
