@@ -33,3 +33,27 @@ def test_too_few_images_to_swap_within_a_kind_is_refused():
 
     with pytest.raises(ValueError, match="images=4"):
         image_reliance(None, None, images=4)
+
+
+def test_the_circle_label_probe_draws_circles_that_differ_only_in_their_radius(embedded_model_dir):
+    """The probe's question is sound: every image is a circle, and the radii drawn vary, so a model
+    that writes one transcript for all of them (a prior) scores at most the share of one radius."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from ireasoner_core.data.synthetic import make_item
+    from ireasoner_core.embedded.diagnose import HELD_OUT_SEED, label_reading
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(embedded_model_dir)
+    r = label_reading(model, AutoProcessor.from_pretrained(embedded_model_dir), circles=12)
+    radii = {make_item(i, "geometry", seed=HELD_OUT_SEED, occurrence=3 * i + 2)[0].meta["radius"] for i in range(12)}
+    assert r["distinct_drawn"] == len(radii) >= 6, (r, radii)
+    assert all(e["drawn"].startswith("A circle with radius r=") for e in r["examples"]), r
+    assert 0 <= r["exact"] <= r["circles"] == 12
+    assert 1 <= r["distinct_written"] <= 12
+
+
+def test_the_circle_label_probe_refuses_zero_circles():
+    from ireasoner_core.embedded.diagnose import label_reading
+
+    with pytest.raises(ValueError, match="circles=0"):
+        label_reading(None, None, circles=0)

@@ -4,7 +4,11 @@ with each example's own image and with another image of the same kind.
 The gap between the two is what the image adds to the model's predictions. A model that answers
 from its text prior alone (every figure the same answer) has a gap near zero, however low its loss.
 
-    python -m ireasoner_core.embedded.diagnose [BUILD_DIR] [--images N]
+``label_reading`` is the sharpest single probe: held-out circles are drawn identically except for
+their "r = N" label, so a transcript that gets N right can only have read the digits, and the
+number of distinct radii it writes shows whether it reads at all (a prior writes one).
+
+    python -m ireasoner_core.embedded.diagnose [BUILD_DIR] [--images N] [--circles N]
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ireasoner_core.data.synthetic import KINDS
-from ireasoner_core.embedded.warmstart import _collate, _load_items, _pools
+from ireasoner_core.data.synthetic import KINDS, SHAPES, make_item
+from ireasoner_core.embedded.corpus import DESCRIBE_PROMPT, describe_target
+from ireasoner_core.embedded.warmstart import _collate, _direct_messages, _load_items, _pools
 
 POOLS = ("solver", "solver_benchmark_format", "direct", "proposer", "describe")
 HELD_OUT_SEED = 999  # far from the build's seed (1234) and the mini benchmarks'
@@ -46,6 +51,31 @@ def image_reliance(model, processor, *, images: int = 60, seed: int = HELD_OUT_S
     return out
 
 
+@torch.no_grad()
+def label_reading(model, processor, *, circles: int = 40, seed: int = HELD_OUT_SEED) -> dict:
+    """Greedy transcripts of held-out circles: how many read the radius label, and how many radii they write."""
+    if circles < 1:
+        raise ValueError(f"circles={circles}: need at least one circle")
+    model.eval()
+    # Occurrence 3i + k is always the k-th shape of the generator's cycle: here, the circle.
+    occurrence = SHAPES.index("circle")
+    drawn = [make_item(i, "geometry", seed=seed, occurrence=len(SHAPES) * i + occurrence) for i in range(circles)]
+    text = processor.apply_chat_template(_direct_messages(DESCRIBE_PROMPT), tokenize=False, add_generation_prompt=True)
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(text=[text] * circles, images=[im.convert("RGB") for _, im in drawn], return_tensors="pt",
+                       padding=True)
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=24)
+    read = [t.strip() for t in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+    truth = [describe_target(item) for item, _ in drawn]
+    return {
+        "circles": circles,
+        "exact": sum(r == t for r, t in zip(read, truth)),
+        "distinct_written": len(set(read)),
+        "distinct_drawn": len(set(truth)),
+        "examples": [{"drawn": t, "read": r} for t, r in list(zip(truth, read))[:5]],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -54,13 +84,20 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("build_dir", nargs="?", type=Path, help="an embedded build (default: the cached one)")
     ap.add_argument("--images", type=int, default=60)
+    ap.add_argument("--circles", type=int, default=40, help="held-out circles for the radius-label probe")
     args = ap.parse_args(argv)
     d = args.build_dir or ensure_embedded_model()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d)
-    result = image_reliance(model, AutoProcessor.from_pretrained(d), images=args.images)
+    processor = AutoProcessor.from_pretrained(d)
+    result = image_reliance(model, processor, images=args.images)
     print(f"{'pool':26s} {'right image':>12s} {'other image':>12s} {'gap':>8s}")
     for name, r in result.items():
         print(f"{name:26s} {r['right_image']:12.3f} {r['other_image']:12.3f} {r['gap']:8.3f}")
+    lr = label_reading(model, processor, circles=args.circles)
+    print(f"\ncircle transcripts: {lr['exact']}/{lr['circles']} exact; {lr['distinct_written']} distinct "
+          f"transcripts written for {lr['distinct_drawn']} distinct radii drawn")
+    for e in lr["examples"]:
+        print(f"  drawn {e['drawn']!r:32s} read {e['read']!r}")
 
 
 if __name__ == "__main__":
