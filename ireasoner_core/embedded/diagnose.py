@@ -22,7 +22,12 @@ import torch
 
 from ireasoner_core.data.synthetic import KINDS, SHAPES, make_item
 from ireasoner_core.embedded.corpus import DESCRIBE_PROMPT, describe_target
-from ireasoner_core.embedded.warmstart import _collate, _direct_messages, _load_items, _pools
+from ireasoner_core.embedded.warmstart import (
+    _collate,
+    _direct_messages,
+    _load_items,
+    _pools,
+)
 
 POOLS = ("solver", "solver_benchmark_format", "direct", "proposer", "describe")
 HELD_OUT_SEED = 999  # far from the build's seed (1234) and the mini benchmarks'
