@@ -22,6 +22,7 @@ import torch
 
 from ireasoner_core.data.synthetic import KINDS, SHAPES, make_item
 from ireasoner_core.embedded.corpus import DESCRIBE_PROMPT, describe_target
+from ireasoner_core.embedded.measure import _generate
 from ireasoner_core.embedded.warmstart import (
     _collate,
     _direct_messages,
@@ -65,19 +66,16 @@ def label_reading(model, processor, *, circles: int = 40, seed: int = HELD_OUT_S
     # Occurrence 3i + k is always the k-th shape of the generator's cycle: here, the circle.
     occurrence = SHAPES.index("circle")
     drawn = [make_item(i, "geometry", seed=seed, occurrence=len(SHAPES) * i + occurrence) for i in range(circles)]
-    text = processor.apply_chat_template(_direct_messages(DESCRIBE_PROMPT), tokenize=False, add_generation_prompt=True)
-    processor.tokenizer.padding_side = "left"
-    inputs = processor(text=[text] * circles, images=[im.convert("RGB") for _, im in drawn], return_tensors="pt",
-                       padding=True)
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=24)
-    read = [t.strip() for t in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+    messages = [_direct_messages(DESCRIBE_PROMPT)] * circles
+    read = [g[0].strip() for g in _generate(model, processor, messages, [im.convert("RGB") for _, im in drawn],
+                                            samples=0, max_new_tokens=24, batch_size=64, stop=None)]
     truth = [describe_target(item) for item, _ in drawn]
     return {
         "circles": circles,
         "exact": sum(r == t for r, t in zip(read, truth)),
         "distinct_written": len(set(read)),
         "distinct_drawn": len(set(truth)),
-        "examples": [{"drawn": t, "read": r} for t, r in list(zip(truth, read))[:5]],
+        "records": [{"drawn": t, "read": r} for t, r in zip(truth, read)],
     }
 
 
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     lr = label_reading(model, processor, circles=args.circles)
     print(f"\ncircle transcripts: {lr['exact']}/{lr['circles']} exact; {lr['distinct_written']} distinct "
           f"transcripts written for {lr['distinct_drawn']} distinct radii drawn")
-    for e in lr["examples"]:
+    for e in lr["records"][:5]:
         print(f"  drawn {e['drawn']!r:32s} read {e['read']!r}")
 
 
