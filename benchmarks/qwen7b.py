@@ -12,11 +12,18 @@ what the parser sees, not how much work is done).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, ProcessorMixin, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.embedded.architecture import generation_config
@@ -162,6 +169,24 @@ def build_random_backbone(config: Qwen2_5_VLConfig, tokenizer, device: str | tor
     return model
 
 
+
+def write_random_checkpoint(out_dir: Path, *, scaled_down: bool = False, device: str | torch.device = "cpu",
+                            dtype: torch.dtype = torch.bfloat16, image_pixels: int = PAPER_IMAGE_PIXELS,
+                            seed: int = 0) -> Path:
+    """A checkpoint folder of the 7B architecture with random weights that ``model.name_or_path`` can load.
+
+    It lets the trainer's own command line (``configs/qwen2.5-vl-7b.yaml``) run on a GPU where no
+    weights can be downloaded: the shapes, and so the time and memory, are the 7B's.
+    """
+    vision = SCALED_DOWN_VISION if scaled_down else QWEN2_5_VL_7B_VISION
+    processor = embedded_processor(image_pixels, vision)
+    config = qwen2_5_vl_7b_config(processor.tokenizer, scaled_down=scaled_down)
+    model = build_random_backbone(config, processor.tokenizer, device, dtype, seed=seed)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
 @dataclass(frozen=True)
 class DecodeCall:
     """One generate call: ``batch`` sequences, ``prompt_len`` padded prompt positions, ``new_tokens`` sampled."""
@@ -214,3 +239,24 @@ def bandwidth_fraction(bytes_read: float, seconds: float, peak_gbs: float) -> fl
     if seconds <= 0 or peak_gbs <= 0:
         raise ValueError(f"seconds={seconds} and peak_gbs={peak_gbs} must be positive")
     return bytes_read / seconds / (peak_gbs * 1e9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.qwen7b",
+                                 description="Write a random-weight Qwen2.5-VL-7B-shaped checkpoint folder.")
+    ap.add_argument("out_dir", type=Path, help="folder to write (config, weights, processor)")
+    ap.add_argument("--scaled-down", action="store_true", help="the CPU-sized copy (tests, dry runs)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the weights are drawn (default: cuda if available)")
+    ap.add_argument("--image-pixels", type=int, default=PAPER_IMAGE_PIXELS, help="image budget (448x448)")
+    args = ap.parse_args(argv)
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        ap.error(f"out_dir {args.out_dir} is not empty")
+    out = write_random_checkpoint(args.out_dir, scaled_down=args.scaled_down, device=args.device,
+                                  image_pixels=args.image_pixels)
+    print(f"wrote a random-weight Qwen2.5-VL-7B{' (scaled down)' if args.scaled_down else ''} checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

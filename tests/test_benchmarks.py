@@ -17,9 +17,18 @@ import torch
 
 from benchmarks import throughput
 from benchmarks.measure import PHASES, IterationStats, covering_iterations, summarize
-from benchmarks.qwen7b import (DecodeCall, bandwidth_fraction, build_random_backbone, decode_kv_bytes,
-                               decode_steps, decode_weight_bytes, embedded_processor, kv_bytes_per_token,
-                               peak_bandwidth, qwen2_5_vl_7b_config)
+from benchmarks.qwen7b import (
+    DecodeCall,
+    bandwidth_fraction,
+    build_random_backbone,
+    decode_kv_bytes,
+    decode_steps,
+    decode_weight_bytes,
+    embedded_processor,
+    kv_bytes_per_token,
+    peak_bandwidth,
+    qwen2_5_vl_7b_config,
+)
 from ireasoner_core.config import build_config
 
 
@@ -108,7 +117,11 @@ def test_7b_architecture_has_the_published_size_and_the_tokenizers_ids(processor
 
 
 def test_7b_config_rejects_a_vocab_smaller_than_the_tokenizer(processor):
-    from benchmarks.qwen7b import QWEN2_5_VL_7B_TEXT, QWEN2_5_VL_7B_VISION, qwen2_5_vl_config
+    from benchmarks.qwen7b import (
+        QWEN2_5_VL_7B_TEXT,
+        QWEN2_5_VL_7B_VISION,
+        qwen2_5_vl_config,
+    )
 
     with pytest.raises(ValueError, match="vocab_size=16 is smaller than the tokenizer"):
         qwen2_5_vl_config(processor.tokenizer, {**QWEN2_5_VL_7B_TEXT, "vocab_size": 16}, QWEN2_5_VL_7B_VISION)
@@ -207,3 +220,38 @@ def test_gpu_mode_cpu_side_with_a_scaled_down_7b(tmp_path):
         secs = sum(it["phase_seconds"]["rollouts"] for it in setting["iterations"])
         assert b["fraction_weights"] == pytest.approx(setting["decode_weight_bytes"] * b["decode_steps"] / secs / 100e9)
         assert b["fraction_weights_and_kv"] > b["fraction_weights"]
+
+
+@pytest.mark.slow
+def test_random_7b_checkpoint_runs_through_the_trainers_command_line(tmp_path):
+    """What a GPU session without weights runs: write the checkpoint, then the 7B config's CLI on it."""
+    from benchmarks.qwen7b import SCALED_DOWN_TEXT
+    from benchmarks.qwen7b import main as qwen7b_main
+    from ireasoner_core.cli import main as cli_main
+    from ireasoner_core.data.synthetic import generate_synthetic
+
+    ckpt = tmp_path / "q7b"
+    assert qwen7b_main([str(ckpt), "--scaled-down", "--device", "cpu", "--image-pixels", str(112 * 112)]) == 0
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["text_config"]["hidden_size"] == SCALED_DOWN_TEXT["hidden_size"]
+    assert cfg["text_config"]["vocab_size"] == 152_064 and cfg["vision_config"]["patch_size"] == 14
+    with pytest.raises(SystemExit):   # never writes over a folder that holds something
+        qwen7b_main([str(ckpt), "--scaled-down", "--device", "cpu"])
+
+    generate_synthetic(tmp_path / "images", 2, seed=0)
+    run = tmp_path / "run"
+    rc = cli_main(["train", "--config", "configs/qwen2.5-vl-7b.yaml", "--set", f"model.name_or_path={ckpt}",
+                   "--set", f"data.image_dir={tmp_path / 'images'}", "--set", "schedule.iterations=1",
+                   "--set", "sampling.num_rollouts=2", "--set", "sampling.solver_max_new_tokens=4",
+                   "--set", "sampling.proposer_max_new_tokens=3", "--set", "progress_bar=false",
+                   "--output-dir", str(run)])
+    assert rc == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1] and rows[0]["rollouts"] == 2
+    # The Solver's adapter was trained on the checkpoint's layers: LoRA on 7 projections x 2 layers.
+    from safetensors import safe_open
+    with safe_open(str(run / "final" / "solver" / "adapter_model.safetensors"), "pt") as f:
+        names = f.keys()   # a safe_open handle has keys() but is not iterable
+        lora_a = {k: f.get_tensor(k).shape for k in names if "lora_A" in k}
+    assert len(lora_a) == 7 * SCALED_DOWN_TEXT["num_hidden_layers"]
+    assert all(shape[0] == 16 for shape in lora_a.values())   # rank 16, the 7B config's
