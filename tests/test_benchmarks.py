@@ -255,3 +255,17 @@ def test_random_7b_checkpoint_runs_through_the_trainers_command_line(tmp_path):
         lora_a = {k: f.get_tensor(k).shape for k in names if "lora_A" in k}
     assert len(lora_a) == 7 * SCALED_DOWN_TEXT["num_hidden_layers"]
     assert all(shape[0] == 16 for shape in lora_a.values())   # rank 16, the 7B config's
+
+
+def test_decode_overhead_measures_each_depth_both_ways_and_rejects_bad_depths(capsys):
+    from benchmarks import decode_overhead
+
+    rows = decode_overhead.main(["--layers", "1,3", "--tokens", "2"])
+    assert [r["layers"] for r in rows] == [1, 3]
+    assert all(r["ms_per_step_unmerged"] > 0 and r["ms_per_step_merged"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "| 3 |" in out and "Per decoder layer:" in out
+    for bad in (["--layers", "0,2"], ["--layers", "two"], ["--tokens", "1"]):
+        with pytest.raises(SystemExit):
+            decode_overhead.main(bad)
+    assert "--layers" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Host-side cost of one decode step against decoder depth, at widths where the arithmetic is negligible.
+
+The 7B's decode step on an H100 took 81-97 ms whatever the batch (docs/benchmarks.md), far above
+its bandwidth bound. This measures the part that does not depend on the accelerator: Python and
+operator dispatch of the trainer's own ``Policy.generate`` on the 7B's layer structure shrunk to
+width 64, at several depths, with the LoRA adapter as trained (unmerged) and folded into the
+weights (``merge_adapter``), side by side in one run.
+
+    .venv/bin/python -m benchmarks.decode_overhead --layers 2,8,28 --tokens 48 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # nothing here may reach a hub
+
+import torch
+
+from ireasoner_core.config import build_config
+from ireasoner_core.data.synthetic import make_item
+from ireasoner_core.policy import Policy
+
+from .qwen7b import (
+    SCALED_DOWN_TEXT,
+    SCALED_DOWN_VISION,
+    build_random_backbone,
+    embedded_processor,
+    qwen2_5_vl_config,
+)
+
+WIDTH = 64   # hidden size; head dim 32, so M-RoPE sections [4, 6, 6] as in the embedded model
+
+
+def narrow_text(layers: int, vocab_size: int) -> dict[str, Any]:
+    """The 7B text config's structure (GQA, M-RoPE, SwiGLU) at width 64 and ``layers`` layers."""
+    return {**SCALED_DOWN_TEXT, "num_hidden_layers": layers, "hidden_size": WIDTH, "intermediate_size": 2 * WIDTH,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": vocab_size, "mrope_section": [4, 6, 6]}
+
+
+def measure(layers: list[int], tokens: int, repeats: int = 1) -> list[dict[str, float]]:
+    """ms per decode step of ``Policy.generate`` (5 sequences, fixed length) per depth, unmerged and merged."""
+    processor = embedded_processor(112 * 112, SCALED_DOWN_VISION)
+    vocab = -(-len(processor.tokenizer) // 64) * 64
+    cfg = build_config({}, {"model.dtype": "float32"}, source="decode_overhead")
+    images = [make_item(0, "bar", seed=0)[1].convert("RGB")]
+    questions = ["What is the value of the tallest bar?"]
+    rows = []
+    for depth in layers:
+        arch = qwen2_5_vl_config(processor.tokenizer, narrow_text(depth, vocab),
+                                 {**SCALED_DOWN_VISION, "out_hidden_size": WIDTH})
+        backbone = build_random_backbone(arch, processor.tokenizer, "cpu", torch.float32)
+        policy = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), backbone=(backbone, processor))
+
+        def step_ms(policy: Policy = policy) -> float:
+            def run():
+                return policy.generate("solver", images, questions, num_return_sequences=5, max_new_tokens=tokens,
+                                       temperature=1.0, top_p=1.0, fixed_length=True)
+            run()   # warm-up: allocator, first-call paths
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t)
+            return 1000 * best / tokens
+
+        # Back to back on one model: the only difference between the two columns is the merge.
+        unmerged = step_ms()
+        policy.model.set_adapter("solver")
+        policy.model.merge_adapter()
+        merged = step_ms()
+        policy.model.unmerge_adapter()
+        rows.append({"layers": depth, "ms_per_step_unmerged": unmerged, "ms_per_step_merged": merged})
+    return rows
+
+
+def to_markdown(rows: list[dict[str, float]], tokens: int, threads: int) -> str:
+    lines = [f"Decode step, `Policy.generate`, 5 sequences x {tokens} tokens, width {WIDTH}, {threads} torch thread(s):",
+             "", "| decoder layers | ms / step (LoRA unmerged) | ms / step (merged) |", "|---|---|---|"]
+    lines += [f"| {r['layers']} | {r['ms_per_step_unmerged']:.1f} | {r['ms_per_step_merged']:.1f} |" for r in rows]
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        slope = (b["ms_per_step_unmerged"] - a["ms_per_step_unmerged"]) / (b["layers"] - a["layers"])
+        lines += ["", f"Per decoder layer: {slope:.2f} ms per step (unmerged, {a['layers']} -> {b['layers']} layers)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.decode_overhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", default="2,8,28", help="comma-separated decoder depths (default 2,8,28)")
+    ap.add_argument("--tokens", type=int, default=48, help="new tokens per sequence (default 48)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting; the fastest counts")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = ap.parse_args(argv)
+    try:
+        layers = [int(x) for x in args.layers.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--layers {args.layers!r}: expected comma-separated integers")
+    if not layers or min(layers) < 1:
+        ap.error(f"--layers {args.layers!r}: every depth must be at least 1")
+    if args.tokens < 2:
+        ap.error(f"--tokens {args.tokens}: need at least 2 (the first token comes from the prefill)")
+    torch.set_num_threads(args.threads)
+    rows = measure(layers, args.tokens, args.repeats)
+    print(to_markdown(rows, args.tokens, args.threads))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
