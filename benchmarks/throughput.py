@@ -317,6 +317,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--image-pixels", type=int, default=PAPER_IMAGE_PIXELS, help="--gpu-7b image budget (448x448)")
     ap.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                     help="--gpu-7b: activation checkpointing in the update (default on)")
+    ap.add_argument("--cache-implementation", choices=["dynamic", "static"], default="dynamic",
+                    help="--gpu-7b: the KV cache generate uses; static is what lets transformers compile the "
+                         "decode step into a CUDA graph (default dynamic, as the trainer runs)")
     ap.add_argument("--peak-bandwidth-gbs", type=float, default=None,
                     help="device peak memory bandwidth in GB/s (default: from the datasheet table by device name)")
     ap.add_argument("--output", type=Path, default=None, help="write <output>.json and <output>.md")
@@ -354,12 +357,17 @@ def gpu_setup(args: argparse.Namespace, workdir: Path) -> tuple[TrainConfig, Cal
     attn = base.model.attn_implementation
 
     def factory() -> tuple:
-        return build_random_backbone(arch, processor.tokenizer, args.device, dtype, attn), processor
+        model = build_random_backbone(arch, processor.tokenizer, args.device, dtype, attn)
+        if args.cache_implementation == "static":
+            # Read by generate() from the model's generation config, which Policy.generate leaves in place.
+            model.generation_config.cache_implementation = "static"
+        return model, processor
 
     info = {"architecture": "Qwen2.5-VL-7B (published config), random weights" if not args.scaled_down
             else "scaled-down copy of the Qwen2.5-VL-7B config (CPU dry run)",
             "dtype": str(dtype).replace("torch.", ""), "image_pixels": args.image_pixels,
-            "gradient_checkpointing": args.gradient_checkpointing == "on"}
+            "gradient_checkpointing": args.gradient_checkpointing == "on",
+            "cache_implementation": args.cache_implementation}
     return base, factory, info
 
 

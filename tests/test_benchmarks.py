@@ -269,3 +269,29 @@ def test_decode_overhead_measures_each_depth_both_ways_and_rejects_bad_depths(ca
         with pytest.raises(SystemExit):
             decode_overhead.main(bad)
     assert "--layers" in capsys.readouterr().err
+
+
+def test_gpu_mode_can_decode_with_a_static_cache(tmp_path, monkeypatch):
+    """--cache-implementation static reaches generate() through the trainer's Policy (counted at the cache)."""
+    from transformers import StaticCache
+
+    made = []
+    init = StaticCache.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticCache, "__init__", counting_init)
+    out = tmp_path / "gpu"
+    throughput.main([
+        "--gpu-7b", "--device", "cpu", "--scaled-down", "--image-pixels", str(112 * 112), "--threads", "1",
+        "--no-side-by-side", "--n", "2", "--images-per-iteration", "1", "--max-new-tokens", "4", "--warmup", "0",
+        "--cache-implementation", "static", "--set", "sampling.proposer_max_new_tokens=3", "--peak-bandwidth-gbs", "100",
+        "--workdir", str(tmp_path / "work"), "--output", str(out),
+    ])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["gpu_7b"]["cache_implementation"] == "static"
+    assert made, "generate never built a StaticCache"
+    (row,) = data["scaling"]["rows"]
+    _check_setting(row, 2, 2 * 4 + 3)
