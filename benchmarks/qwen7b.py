@@ -169,7 +169,6 @@ def build_random_backbone(config: Qwen2_5_VLConfig, tokenizer, device: str | tor
     return model
 
 
-
 def write_random_checkpoint(out_dir: Path, *, scaled_down: bool = False, device: str | torch.device = "cpu",
                             dtype: torch.dtype = torch.bfloat16, image_pixels: int = PAPER_IMAGE_PIXELS,
                             seed: int = 0) -> Path:
@@ -186,6 +185,7 @@ def write_random_checkpoint(out_dir: Path, *, scaled_down: bool = False, device:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
 
 @dataclass(frozen=True)
 class DecodeCall:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -240,7 +241,8 @@ def test_random_7b_checkpoint_runs_through_the_trainers_command_line(tmp_path):
 
     generate_synthetic(tmp_path / "images", 2, seed=0)
     run = tmp_path / "run"
-    rc = cli_main(["train", "--config", "configs/qwen2.5-vl-7b.yaml", "--set", f"model.name_or_path={ckpt}",
+    config = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-vl-7b.yaml"
+    rc = cli_main(["train", "--config", str(config), "--set", f"model.name_or_path={ckpt}",
                    "--set", f"data.image_dir={tmp_path / 'images'}", "--set", "schedule.iterations=1",
                    "--set", "sampling.num_rollouts=2", "--set", "sampling.solver_max_new_tokens=4",
                    "--set", "sampling.proposer_max_new_tokens=3", "--set", "progress_bar=false",
