@@ -20,6 +20,7 @@ accuracy on the supervised tokens every ``--every`` batches, next to the task's 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -122,7 +123,7 @@ def _batches(task: str, tokenizer: PreTrainedTokenizerBase, batch_size: int, pai
 
 
 def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs: int = 4, warmup: int = 50,
-        every: int = 100, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+        every: int = 100, seed: int = 0, log: Callable[[str], None] | None = None) -> dict:
     """Train a fresh embedded-size model on ``task``; accuracy on the supervised tokens per window."""
     if task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -131,6 +132,8 @@ def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
     if task == "recall" and not 2 <= pairs <= _MID - _LOW:
         raise ValueError(f"--pairs must be between 2 and {_MID - _LOW}; got {pairs}")
+    # Flushed: a run takes minutes and is usually followed in a log file.
+    log = log or functools.partial(print, flush=True)
     _, processor = load_backbone(ModelConfig(), device="cpu")
     tokenizer = processor.tokenizer
     torch.manual_seed(seed)
