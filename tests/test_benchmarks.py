@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -330,3 +331,59 @@ def test_lookup_probe_learns_the_fixed_offset_copy_and_rejects_bad_arguments():
         lf.run("recall", steps=1, pairs=1)
     with pytest.raises(ValueError, match="--steps"):
         lf.run("option", steps=0)
+    with pytest.raises(ValueError, match="--vocab"):
+        lf.run("recall", steps=1, pairs=4, vocab=3)
+    with pytest.raises(ValueError, match="--offset-heads"):
+        lf.run("recall", steps=1, offset_heads=[1, 2, 3])
+
+
+def test_lookup_probe_narrow_vocab_and_word_last_batches_ask_what_they_say():
+    from benchmarks.lookup_formation import (
+        _LOW,
+        _MID,
+        IGNORE,
+        _option_batch,
+        _recall_batch,
+    )
+    from ireasoner_core.config import ModelConfig
+    from ireasoner_core.model import load_backbone
+
+    ids, labels, _ = _recall_batch(torch.Generator().manual_seed(1), batch_size=16, pairs=4, vocab=8)
+    assert set(ids[:, 0:8:2].flatten().tolist()) <= set(range(_LOW, _LOW + 8))
+    assert set(labels[labels != IGNORE].tolist()) <= set(range(_MID, _MID + 8))
+    tokenizer = load_backbone(ModelConfig(), device="cpu")[1].tokenizer
+    ids, labels, mask = _option_batch(tokenizer, random.Random(0), batch_size=8, word_last=True)
+    for row in range(8):
+        text = tokenizer.decode(ids[row][mask[row] == 1])
+        lines = text.split("\n")
+        # Four "L. word" lines, then the word alone, then the letter of its line.
+        options = dict(line.split(". ") for line in lines[:4])
+        word, letter = lines[4][:-1], lines[4][-1]
+        assert options[letter] == word
+        assert tokenizer.decode(labels[row][labels[row] != IGNORE]) == letter
+
+
+def test_offset_heads_attend_exactly_their_offset_back_on_any_tokens():
+    """A wrong RoPE phase sign would put the peak ahead of the query, where the causal mask hides it."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from benchmarks.lookup_formation import seed_offset_heads
+    from ireasoner_core.config import ModelConfig
+    from ireasoner_core.embedded.architecture import tiny_config
+    from ireasoner_core.model import load_backbone
+
+    tokenizer = load_backbone(ModelConfig(), device="cpu")[1].tokenizer
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model.set_attn_implementation("eager")   # sdpa returns no attention weights
+    seed_offset_heads(model, [1, 3])
+    ids = torch.randint(60, 700, (2, 160), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        attention = model(input_ids=ids, output_attentions=True).attentions[0]
+    queries = torch.arange(8, 160)
+    for head, offset in ((0, 1), (2, 3)):
+        weights = attention[:, head, queries]   # (batch, query, key)
+        assert (weights.argmax(-1) == queries - offset).all()
+        assert weights.max(-1).values.min() > 0.7
+    # The other query heads were left at their random init: spread out, nowhere near one position.
+    assert attention[:, 1, queries].max(-1).values.mean() < 0.5
