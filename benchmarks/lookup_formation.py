@@ -18,8 +18,8 @@ accuracy on the supervised tokens every ``--every`` batches, next to the task's 
   carries the question's word past the options and the post prompt.
 
 ``--vocab`` narrows recall's keys and values to that many token ids each. ``--offset-heads 1,2``
-sets, before training, layer 0's q/k biases so that query head ``2j`` attends ``offsets[j]``
-tokens back (a previous-token head, the first half of an induction circuit; see
+sets, before training, layer 0's q/k biases so that the first query head of key/value head ``j``
+attends ``offsets[j]`` tokens back (a previous-token head, the first half of an induction circuit; see
 ``seed_offset_heads``), to measure whether the plateau is waiting for that head.
 
     .venv/bin/python -m benchmarks.lookup_formation --task recall --steps 2500 --pairs 4
