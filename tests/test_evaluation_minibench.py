@@ -117,14 +117,52 @@ def test_bad_names_and_sizes_are_named(monkeypatch):
         mini_size()
 
 
-def test_ai2d_answer_by_letter_or_by_option_text():
-    from ireasoner_core.evaluation.minibench import ai2d_process_results, chosen_option
+# Answers a model writes: the letter alone and dressed up, the option's text, stray words and spaces.
+_AI2D_ANSWERS = ["B", "b", "B.", "B. owl", "(B)", "B)", "B) owl", " B", "B\n", "owl", "Owl.", "The answer is B",
+                 "A", "C.", "D", "", "[invalid]", "A fox"]
 
-    options = ["grass", "owl", "snake"]
-    assert [chosen_option(p, options) for p in ("B", "B.", "(B)", "B) owl", " owl ", "Owl.")] == [1] * 6
-    assert chosen_option("D", options) is None          # no fourth option
-    assert chosen_option("A fox", options) is None      # an article, not a letter
-    assert chosen_option("hawk", options) is None
-    doc = {"options": options, "answer": "1"}
-    assert ai2d_process_results(doc, ["owl"]) == {"exact_match": 1.0}
-    assert ai2d_process_results(doc, ["C"]) == {"exact_match": 0.0}
+
+def _lmms_eval_ai2d_scores(answers: list[str], doc: dict) -> list[float]:
+    """lmms-eval's real AI2D task scoring (filter_list, then metric_list), built from its own ai2d.yaml."""
+    import os
+
+    import lmms_eval.tasks.ai2d.utils as ai2d_utils
+    from lmms_eval.api.metrics import exact_match_hf_evaluate
+    from lmms_eval.filters import build_filter_ensemble
+    from lmms_eval.utils import load_yaml_config
+
+    config = load_yaml_config(os.path.join(os.path.dirname(ai2d_utils.__file__), "ai2d.yaml"))
+    (entry,) = config["filter_list"]
+    ensemble = build_filter_ensemble(entry["name"], [(f.pop("function"), f) for f in entry["filter"]])
+    filtered = list(ensemble.filters[0].apply([[a] for a in answers], [doc] * len(answers)))
+    (metric,) = config["metric_list"]
+    kwargs = {k: v for k, v in metric.items() if k not in ("metric", "aggregation", "higher_is_better")}
+    target = "ABCD"[int(doc["answer"])]
+    return [float(exact_match_hf_evaluate([f], [target], **kwargs)["exact_match"]) for f in filtered]
+
+
+def test_ai2d_mini_scores_every_answer_as_lmms_eval_scores_ai2d(embedded_model_dir):
+    """Our scorer (BUILD.json's) and our task's (table 1's) against lmms-eval's AI2D, answer by answer."""
+    from lmms_eval.tasks import get_task_dict
+
+    from ireasoner_core.evaluation.benchmarks import BENCHMARKS
+    from ireasoner_core.evaluation.minibench import (
+        ai2d_exact_match,
+        ensure_mini_dataset,
+    )
+    from ireasoner_core.evaluation.runner import _task_manager, score_answers
+
+    doc = {"question": "What does grass point to?", "options": ["grass", "owl", "snake"], "answer": "1"}
+    reference = _lmms_eval_ai2d_scores(_AI2D_ANSWERS, doc)
+    # The reference takes the dressed-up letter and refuses the option's text and a leading space.
+    assert [reference[_AI2D_ANSWERS.index(a)] for a in ("B", "b", "B.", "B. owl", "(B)", "owl", " B", "A")] == \
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert [float(ai2d_exact_match(a, 1)) for a in _AI2D_ANSWERS] == reference
+
+    task_name = "ireasoner_ai2d_mini"
+    ensure_mini_dataset(task_name)
+    task = get_task_dict([task_name], _task_manager())[task_name]
+    row = task.eval_docs[0]
+    assert str(task.doc_to_target(row)) == "ABCD"[int(row["answer"])]
+    ours = score_answers(task, BENCHMARKS[task_name], row, _AI2D_ANSWERS)
+    assert [s / 100 for s in ours] == _lmms_eval_ai2d_scores(_AI2D_ANSWERS, row)

@@ -44,7 +44,9 @@ LMMS_MIN_PIXELS = 256 * 28 * 28
 LMMS_MAX_PIXELS = 1605632
 _MAX_STEPS = 10
 # In the build's cache key: a change to what BUILD.json measures re-measures the cached build.
-MEASURE_VERSION = "2"  # 2: lmms_eval with lmms-eval's pixel limits (1 used the checkpoint's ~30-token cap)
+# 2: lmms_eval with lmms-eval's pixel limits (1 used the checkpoint's ~30-token cap); 3: AI2D-mini scored by
+# lmms-eval's AI2D rule, the letter only (2 also took the option's text).
+MEASURE_VERSION = "3"
 
 
 def lmms_eval_view(image: Image.Image) -> Image.Image:
@@ -95,7 +97,7 @@ def mini_items(task: str, n: int) -> list[_Item]:
     from ireasoner_core.evaluation.minibench import (
         BUILDERS,
         MINI_SEED,
-        chosen_option,
+        ai2d_exact_match,
         numeric_match,
     )
 
@@ -106,9 +108,9 @@ def mini_items(task: str, n: int) -> list[_Item]:
             items.append(_Item(row["image"], chartqa_context(row["question"]),
                                lambda p, a=ans: relaxed_correctness(p.strip(), a)))
         elif task == "ireasoner_ai2d_mini":
-            opts, ans = list(row["options"]), int(row["answer"])
-            items.append(_Item(row["image"], mcq_context(row["question"], opts),
-                               lambda p, o=opts, a=ans: chosen_option(p, o) == a))
+            ans = int(row["answer"])
+            items.append(_Item(row["image"], mcq_context(row["question"], list(row["options"])),
+                               lambda p, a=ans: ai2d_exact_match(p, a)))
         else:
             ans = row["answer"]
             items.append(_Item(row["image"], geometry_context(row["question"]),

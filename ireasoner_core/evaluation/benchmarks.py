@@ -37,7 +37,7 @@ class Benchmark:
 
 MINI_BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ireasoner_chartqa_mini", "ChartQA-mini", "relaxed_overall,none", 100.0, "mini"),
-    Benchmark("ireasoner_ai2d_mini", "AI2D-mini", "exact_match,none", 100.0, "mini"),
+    Benchmark("ireasoner_ai2d_mini", "AI2D-mini", "exact_match,flexible-extract", 100.0, "mini"),
     Benchmark("ireasoner_geometry_mini", "Geometry-mini", "numeric_match,none", 100.0, "mini"),
 )
 

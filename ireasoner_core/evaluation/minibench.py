@@ -17,8 +17,8 @@ Formats follow the real benchmarks so that lmms-eval's own scorers run unchanged
 * ``ireasoner_ai2d_mini``: AI2D rows {question, options, answer (index), image}: food-chain
   diagrams, one multiple-choice question each (the generator's own choice question, or an open
   one given distractors from the same chain first, then from the other organisms). Prompted by
-  lmms-eval's AI2D ``doc_to_text``; scored by ``ai2d_process_results`` (exact match on the
-  chosen option, named by its letter or by its text).
+  lmms-eval's AI2D ``doc_to_text`` and scored by lmms-eval's AI2D rule (its ``flexible-extract``
+  filter, then case- and punctuation-blind exact match on the letter; ``ai2d_exact_match``).
 * ``ireasoner_geometry_mini``: {question, answer, image}: triangles, rectangles and circles
   with one numeric question each, scored by ``numeric_match``.
 
@@ -201,27 +201,23 @@ def numeric_match(prediction: str, target: str, rel_tol: float = 0.01) -> bool:
     return abs(pred - gold) <= rel_tol * max(abs(gold), 1e-9)
 
 
-_LETTER = re.compile(r"^\s*\(?([A-Z])\s*(?:[.):]|$)")
+# lmms-eval's ai2d.yaml, filter_list "flexible-extract" and metric_list: ours declare the same.
+AI2D_FILTER_KWARGS = {"regex_pattern": r"([A-Z])\.", "group_select": 0, "ignore_case": True, "ignore_punctuation": True}
+AI2D_METRIC_KWARGS = {"ignore_case": True, "ignore_punctuation": True}
 
 
-def chosen_option(prediction: str, options: list[str]) -> int | None:
-    """Index of the option an answer picks: its letter ("B", "B.", "(B)", "B) owl") or its exact text."""
-    pred = str(prediction).strip()
-    m = _LETTER.match(pred)
-    if m and ord(m.group(1)) - ord("A") < len(options):
-        return ord(m.group(1)) - ord("A")
-    norm = " ".join(pred.lower().strip(" .").split())
-    matches = [i for i, o in enumerate(options) if " ".join(o.lower().split()) == norm]
-    return matches[0] if len(matches) == 1 else None
+def ai2d_exact_match(prediction: str, answer: int) -> bool:
+    """lmms-eval's AI2D score of one answer: its flexible-extract filter, then exact match on the letter.
 
-
-def ai2d_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """AI2D exact match on the chosen option, where the option may be named by letter or by its text.
-
-    lmms-eval's AI2D scoring accepts only the letter; here the option's text also counts, since
-    the Solver answers inside <answer> and a small model often writes "owl" for "B. owl".
+    The letter only: an answer naming the option's text ("owl" for "B. owl") scores 0, as in
+    lmms-eval, so AI2D-mini's numbers are produced the way the community produces AI2D's.
     """
-    return {"exact_match": 1.0 if chosen_option(results[0], list(doc["options"])) == int(doc["answer"]) else 0.0}
+    from lmms_eval.api.metrics import exact_match_hf_evaluate
+    from lmms_eval.tasks.ai2d.utils import MultiChoiceRegexFilter
+
+    (filtered,) = MultiChoiceRegexFilter(**AI2D_FILTER_KWARGS).apply([[str(prediction)]], [{}])
+    letter = chr(ord("A") + int(answer))
+    return exact_match_hf_evaluate([filtered], [letter], **AI2D_METRIC_KWARGS)["exact_match"] == 1.0
 
 
 def geometry_doc_to_visual(doc: dict) -> list:
