@@ -160,6 +160,15 @@ def seed_offset_heads(model: Qwen2_5_VLForConditionalGeneration, offsets: Sequen
                 k_bias[kv_head, i + half] = a * math.sin(offset * w)
 
 
+def probe_config(tokenizer: PreTrainedTokenizerBase, init_std: float | None = None):
+    """The embedded architecture's config, its weights drawn with std ``init_std`` (Qwen's 0.02 if None)."""
+    config = tiny_config(tokenizer)
+    if init_std is not None:
+        # transformers' _init_weights reads the top-level value; the text config's is set too for readers of it.
+        config.initializer_range = config.text_config.initializer_range = init_std
+    return config
+
+
 def chance_levels(task: str, pairs: int, vocab: int = _MID - _LOW) -> dict[str, float]:
     """What an answer that does not do the task's lookup scores."""
     if task == "offset":
@@ -182,7 +191,7 @@ def _batches(task: str, tokenizer: PreTrainedTokenizerBase, batch_size: int, pai
 
 def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs: int = 4, warmup: int = 50,
         every: int = 100, seed: int = 0, vocab: int = _MID - _LOW, offset_heads: Sequence[int] = (),
-        log: Callable[[str], None] | None = None) -> dict:
+        init_std: float | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Train a fresh embedded-size model on ``task``; accuracy on the supervised tokens per window."""
     if task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -191,6 +200,8 @@ def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
     if task == "recall" and not 2 <= pairs <= _MID - _LOW:
         raise ValueError(f"--pairs must be between 2 and {_MID - _LOW}; got {pairs}")
+    if init_std is not None and not init_std > 0:
+        raise ValueError(f"--init-std must be positive; got {init_std}")
     if not pairs <= vocab <= _MID - _LOW:
         raise ValueError(f"--vocab must be between --pairs ({pairs}) and {_MID - _LOW}; got {vocab}")
     # Flushed: a run takes minutes and is usually followed in a log file.
@@ -198,7 +209,7 @@ def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs:
     _, processor = load_backbone(ModelConfig(), device="cpu")
     tokenizer = processor.tokenizer
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model = Qwen2_5_VLForConditionalGeneration(probe_config(tokenizer, init_std))
     seed_offset_heads(model, offset_heads)
     model.train()
     # Text only: the vision tower never sees an image here, so it gets no gradient and no update.
@@ -233,7 +244,7 @@ def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs:
             hits = total = 0
             loss_sum = 0.0
     return {"task": task, "steps": steps, "batch_size": batch_size, "lr": lr, "pairs": pairs, "vocab": vocab,
-            "offset_heads": list(offset_heads), "seed": seed,
+            "offset_heads": list(offset_heads), "seed": seed, "init_std": model.config.initializer_range,
             "chance": chance_levels(task, pairs, vocab), "windows": windows, "threads": torch.get_num_threads()}
 
 
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"recall: token ids keys and values are each drawn from (default {_MID - _LOW})")
     parser.add_argument("--offset-heads", default="",
                         help="comma-separated offsets, e.g. 1,2: layer 0 heads set at init to attend that far back")
+    parser.add_argument("--init-std", type=float, default=None,
+                        help="std of the initial weights (default: Qwen2.5-VL's initializer_range, 0.02)")
     parser.add_argument("--every", type=int, default=100, help="batches per reported accuracy window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -261,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--offset-heads must be comma-separated integers; got {args.offset_heads!r}")
     try:
         result = run(args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, pairs=args.pairs,
-                     every=args.every, seed=args.seed, vocab=args.vocab, offset_heads=offsets)
+                     every=args.every, seed=args.seed, vocab=args.vocab, offset_heads=offsets,
+                     init_std=args.init_std)
     except ValueError as exc:
         parser.error(str(exc))
     print("chance: " + ", ".join(f"{k} {v:.3f}" for k, v in result["chance"].items()))

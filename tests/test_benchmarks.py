@@ -387,3 +387,24 @@ def test_offset_heads_attend_exactly_their_offset_back_on_any_tokens():
         assert weights.max(-1).values.min() > 0.7
     # The other query heads were left at their random init: spread out, nowhere near one position.
     assert attention[:, 1, queries].max(-1).values.mean() < 0.5
+
+
+def test_lookup_probe_init_std_sets_the_spread_of_the_initial_weights():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from benchmarks.lookup_formation import probe_config, run
+    from ireasoner_core.config import ModelConfig
+    from ireasoner_core.model import load_backbone
+
+    tokenizer = load_backbone(ModelConfig(), device="cpu")[1].tokenizer
+
+    def q_std(init_std):
+        torch.manual_seed(0)
+        model = Qwen2_5_VLForConditionalGeneration(probe_config(tokenizer, init_std))
+        return model.model.language_model.layers[0].self_attn.q_proj.weight.std().item()
+
+    assert q_std(None) == pytest.approx(0.02, rel=0.1)     # Qwen2.5-VL's initializer_range
+    assert q_std(0.06) == pytest.approx(0.06, rel=0.1)
+    assert run("offset", steps=1, init_std=0.06, log=lambda _: None)["init_std"] == 0.06
+    with pytest.raises(ValueError, match="--init-std"):
+        run("offset", steps=1, init_std=0.0)
