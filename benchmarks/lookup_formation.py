@@ -244,7 +244,8 @@ def run(task: str, *, steps: int, batch_size: int = 32, lr: float = 3e-3, pairs:
             hits = total = 0
             loss_sum = 0.0
     return {"task": task, "steps": steps, "batch_size": batch_size, "lr": lr, "pairs": pairs, "vocab": vocab,
-            "offset_heads": list(offset_heads), "seed": seed, "init_std": model.config.initializer_range,
+            "offset_heads": list(offset_heads), "seed": seed,
+            "init_std": model.config.get_text_config().initializer_range,
             "chance": chance_levels(task, pairs, vocab), "windows": windows, "threads": torch.get_num_threads()}
 
 

@@ -406,5 +406,6 @@ def test_lookup_probe_init_std_sets_the_spread_of_the_initial_weights():
     assert q_std(None) == pytest.approx(0.02, rel=0.1)     # Qwen2.5-VL's initializer_range
     assert q_std(0.06) == pytest.approx(0.06, rel=0.1)
     assert run("offset", steps=1, init_std=0.06, log=lambda _: None)["init_std"] == 0.06
+    assert run("offset", steps=1, log=lambda _: None)["init_std"] == 0.02
     with pytest.raises(ValueError, match="--init-std"):
         run("offset", steps=1, init_std=0.0)
