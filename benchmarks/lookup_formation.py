@@ -3,7 +3,7 @@
 AI2D-mini asks for an option's letter: the model must find the option whose word answers the
 question and copy the letter written before it. The embedded model stays at chance there
 (docs/embedded_model.md). This probe trains a fresh model of the embedded architecture
-(``tiny_config``, real Qwen2.5-VL classes, text only) on one of three tasks and reports the
+(``tiny_config``, real Qwen2.5-VL classes, text only) on one of four tasks and reports the
 accuracy on the supervised tokens every ``--every`` batches, next to the task's chance levels:
 
 * ``offset``: 16 random tokens, then the same 16 again. The second copy sits at a fixed distance,
@@ -20,7 +20,8 @@ accuracy on the supervised tokens every ``--every`` batches, next to the task's 
 ``--vocab`` narrows recall's keys and values to that many token ids each. ``--offset-heads 1,2``
 sets, before training, layer 0's q/k biases so that the first query head of key/value head ``j``
 attends ``offsets[j]`` tokens back (a previous-token head, the first half of an induction circuit; see
-``seed_offset_heads``), to measure whether the plateau is waiting for that head.
+``seed_offset_heads``), to measure whether the plateau is waiting for that head. ``--init-std``
+draws the initial weights with another spread than Qwen2.5-VL's ``initializer_range`` (0.02).
 
     .venv/bin/python -m benchmarks.lookup_formation --task recall --steps 2500 --pairs 4
 """
@@ -164,7 +165,7 @@ def probe_config(tokenizer: PreTrainedTokenizerBase, init_std: float | None = No
     """The embedded architecture's config, its weights drawn with std ``init_std`` (Qwen's 0.02 if None)."""
     config = tiny_config(tokenizer)
     if init_std is not None:
-        # transformers' _init_weights reads the top-level value; the text config's is set too for readers of it.
+        # transformers' _init_weights reads the top-level value when there is one, else the text config's.
         config.initializer_range = config.text_config.initializer_range = init_std
     return config
 

@@ -117,9 +117,12 @@ def test_bad_names_and_sizes_are_named(monkeypatch):
         mini_size()
 
 
-# Answers a model writes: the letter alone and dressed up, the option's text, stray words and spaces.
-_AI2D_ANSWERS = ["B", "b", "B.", "B. owl", "(B)", "B)", "B) owl", " B", "B\n", "owl", "Owl.", "The answer is B",
-                 "A", "C.", "D", "", "[invalid]", "A fox"]
+def _ai2d_answers(letter: str, option: str) -> list[str]:
+    """Answers a model writes: the right letter alone and dressed up, the option's text, stray words and spaces."""
+    other = next(x for x in "ABCD" if x != letter)
+    return [letter, letter.lower(), f"{letter}.", f"{letter}. {option}", f"({letter})", f"{letter})",
+            f"{letter}) {option}", f" {letter}", f"{letter}\n", option, f"{option.title()}.",
+            f"The answer is {letter}", other, f"{other}.", "", "[invalid]", f"{other.lower()} {option}"]
 
 
 def _lmms_eval_ai2d_scores(answers: list[str], doc: dict) -> list[float]:
@@ -134,7 +137,8 @@ def _lmms_eval_ai2d_scores(answers: list[str], doc: dict) -> list[float]:
     config = load_yaml_config(os.path.join(os.path.dirname(ai2d_utils.__file__), "ai2d.yaml"))
     (entry,) = config["filter_list"]
     ensemble = build_filter_ensemble(entry["name"], [(f.pop("function"), f) for f in entry["filter"]])
-    filtered = list(ensemble.filters[0].apply([[a] for a in answers], [doc] * len(answers)))
+    # Then ConfigurableTask.process_results strips each filtered answer before the metric sees it.
+    filtered = [f.strip() for f in ensemble.filters[0].apply([[a] for a in answers], [doc] * len(answers))]
     (metric,) = config["metric_list"]
     kwargs = {k: v for k, v in metric.items() if k not in ("metric", "aggregation", "higher_is_better")}
     target = "ABCD"[int(doc["answer"])]
@@ -153,16 +157,21 @@ def test_ai2d_mini_scores_every_answer_as_lmms_eval_scores_ai2d(embedded_model_d
     from ireasoner_core.evaluation.runner import _task_manager, score_answers
 
     doc = {"question": "What does grass point to?", "options": ["grass", "owl", "snake"], "answer": "1"}
-    reference = _lmms_eval_ai2d_scores(_AI2D_ANSWERS, doc)
-    # The reference takes the dressed-up letter and refuses the option's text and a leading space.
-    assert [reference[_AI2D_ANSWERS.index(a)] for a in ("B", "b", "B.", "B. owl", "(B)", "owl", " B", "A")] == \
-        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
-    assert [float(ai2d_exact_match(a, 1)) for a in _AI2D_ANSWERS] == reference
+    answers = _ai2d_answers("B", "owl")
+    reference = _lmms_eval_ai2d_scores(answers, doc)
+    # The reference takes the dressed-up letter and refuses the option's text and a sentence.
+    assert [reference[answers.index(a)] for a in ("B", "b", "B.", "B. owl", "(B)", " B", "owl", "The answer is B",
+                                                   "A")] == [1.0] * 6 + [0.0] * 3
+    assert [float(ai2d_exact_match(a, 1)) for a in answers] == reference
 
     task_name = "ireasoner_ai2d_mini"
     ensure_mini_dataset(task_name)
     task = get_task_dict([task_name], _task_manager())[task_name]
     row = task.eval_docs[0]
     assert str(task.doc_to_target(row)) == "ABCD"[int(row["answer"])]
-    ours = score_answers(task, BENCHMARKS[task_name], row, _AI2D_ANSWERS)
-    assert [s / 100 for s in ours] == _lmms_eval_ai2d_scores(_AI2D_ANSWERS, row)
+    # Variants of this row's own letter, so that case and punctuation rules decide right answers.
+    answers = _ai2d_answers("ABCD"[int(row["answer"])], row["options"][int(row["answer"])])
+    row_reference = _lmms_eval_ai2d_scores(answers, row)
+    assert sum(row_reference) >= 5
+    ours = score_answers(task, BENCHMARKS[task_name], row, answers)
+    assert [s / 100 for s in ours] == row_reference

@@ -210,14 +210,15 @@ def ai2d_exact_match(prediction: str, answer: int) -> bool:
     """lmms-eval's AI2D score of one answer: its flexible-extract filter, then exact match on the letter.
 
     The letter only: an answer naming the option's text ("owl" for "B. owl") scores 0, as in
-    lmms-eval, so AI2D-mini's numbers are produced the way the community produces AI2D's.
+    lmms-eval, so AI2D-mini's numbers are produced the way the community produces AI2D's. The
+    filtered answer is stripped before the match, as lmms-eval's ``ConfigurableTask.process_results`` does.
     """
     from lmms_eval.api.metrics import exact_match_hf_evaluate
     from lmms_eval.tasks.ai2d.utils import MultiChoiceRegexFilter
 
     (filtered,) = MultiChoiceRegexFilter(**AI2D_FILTER_KWARGS).apply([[str(prediction)]], [{}])
     letter = chr(ord("A") + int(answer))
-    return exact_match_hf_evaluate([filtered], [letter], **AI2D_METRIC_KWARGS)["exact_match"] == 1.0
+    return exact_match_hf_evaluate([filtered.strip()], [letter], **AI2D_METRIC_KWARGS)["exact_match"] == 1.0
 
 
 def geometry_doc_to_visual(doc: dict) -> list:
