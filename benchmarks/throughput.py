@@ -165,9 +165,9 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def embedded_info() -> dict[str, Any]:
     """Which embedded build ran (its tokenizer/processor serve the 7B mode too)."""
-    from ireasoner_core.model import ensure_embedded_model
+    from ireasoner_core.embedded.shipped import shipped_model_dir
 
-    info = json.loads((ensure_embedded_model(progress=False) / "BUILD.json").read_text())
+    info = json.loads((shipped_model_dir() / "BUILD.json").read_text())
     return {"build_version": info["build_version"], "parameters": info["parameters"],
             "warm_start": bool(info.get("warm_start"))}
 

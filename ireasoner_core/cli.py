@@ -2,7 +2,9 @@
 
     ireasoner train --config configs/tiny.yaml [--set schedule.iterations=50 ...]
     accelerate launch --multi_gpu --num_processes 2 -m ireasoner_core.cli train --config configs/tiny.yaml  # CPU: gloo
-    ireasoner build-embedded              # build (once) and cache the embedded tiny Qwen2.5-VL
+    ireasoner measure-embedded            # BUILD.json's figures re-measured here, beside the shipped ones
+    ireasoner build-embedded              # build the embedded recipe from scratch into the cache
+    ireasoner replace-embedded BUILD_DIR  # make a build the shipped embedded model (recipe changes only)
     ireasoner make-images DIR -n 200      # synthetic unlabeled images with ground truth on the side
     ireasoner report --experiment ireasoner   # tables and figures from MLflow (ireasoner report --help)
     ireasoner benchmarks fetch [TASK ...]     # download the table-1 datasets into the HF cache (needs network)
@@ -58,10 +60,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_build_embedded(args: argparse.Namespace) -> int:
-    from .model import ensure_embedded_model
+    from .model import BUILD_FILE, build_embedded_into
 
-    path = ensure_embedded_model(Path(args.cache_dir) if args.cache_dir else None, force=args.force)
+    path = build_embedded_into(Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
+    info = json.loads((path / BUILD_FILE).read_text())
+    print(f"[ireasoner] built {info['build_version']}: {info['parameters']:,} parameters in {info['seconds']} s; "
+          f"make it the shipped model with: ireasoner replace-embedded {path}", file=sys.stderr)
     print(path)
+    return 0
+
+
+def cmd_replace_embedded(args: argparse.Namespace) -> int:
+    from .embedded.shipped import SHIPPED_DIR, EmbeddedIntegrityError, replace_shipped
+
+    try:
+        manifest = replace_shipped(Path(args.build_dir), force=args.force)
+    except EmbeddedIntegrityError as err:
+        raise CliError(str(err)) from None
+    print(f"{SHIPPED_DIR} now holds {manifest['build_version']} ({len(manifest['files'])} files in MANIFEST.json); "
+          "commit it with the recipe change")
+    return 0
+
+
+def cmd_measure_embedded(args: argparse.Namespace) -> int:
+    import torch
+
+    from .embedded.remeasure import comparison, remeasure
+    from .embedded.shipped import BUILD_FILE, EmbeddedIntegrityError, shipped_model_dir, verify
+
+    try:
+        model_dir = verify(Path(args.model)) if args.model else shipped_model_dir()
+    except EmbeddedIntegrityError as err:
+        raise CliError(str(err)) from None
+    shipped = json.loads((model_dir / BUILD_FILE).read_text())
+    here = remeasure(model_dir, threads=args.threads)
+    print(f"{shipped['build_version']} ({model_dir}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, oneDNN {'on' if torch.backends.mkldnn.enabled else 'off'}")
+    print(comparison(shipped.get("warm_start") or {}, here, torch.get_num_threads()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(here, indent=2, sort_keys=True))
     return 0
 
 
@@ -102,10 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     t.add_argument("--output-dir", help="shortcut for --set checkpoint.output_dir=...")
     t.set_defaults(fn=cmd_train)
-    b = sub.add_parser("build-embedded", help="build and cache the embedded tiny Qwen2.5-VL")
-    b.add_argument("--cache-dir", help="where to cache the model (default ~/.cache/ireasoner/embedded)")
-    b.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
+    b = sub.add_parser("build-embedded", help="build the embedded recipe from scratch into the cache (minutes)")
+    b.add_argument("--cache-dir", help="where to build (default $IREASONER_EMBEDDED_CACHE or ~/.cache/ireasoner/embedded)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(fn=cmd_build_embedded)
+    r = sub.add_parser("replace-embedded", help="make a build the shipped embedded model (only when the recipe changes)")
+    r.add_argument("build_dir", help="a directory printed by `ireasoner build-embedded`")
+    r.add_argument("--force", action="store_true", help="replace even though the recipe is the shipped one")
+    r.set_defaults(fn=cmd_replace_embedded)
+    me = sub.add_parser("measure-embedded", help="re-measure BUILD.json's figures here, beside the shipped ones")
+    me.add_argument("--model", help="a build directory (default: the shipped embedded model)")
+    me.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    me.add_argument("--json", help="also write this machine's figures to this JSON file")
+    me.set_defaults(fn=cmd_measure_embedded)
     m = sub.add_parser("make-images", help="write synthetic unlabeled images (ground truth on the side)")
     m.add_argument("out_dir", help="folder to write the images to")
     m.add_argument("-n", type=int, default=200, help="number of images (default 200)")

@@ -28,7 +28,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(
         EMBEDDED_MODEL,
-        description="'embedded' for the locally built tiny Qwen2.5-VL, a local directory, or a hub id "
+        description="'embedded' for the tiny Qwen2.5-VL shipped with the code, a local directory, or a hub id "
         "such as Qwen/Qwen2.5-VL-7B-Instruct (used only if its weights are already in the local cache "
         "or the machine can reach the hub).",
     )
@@ -36,9 +36,6 @@ class ModelConfig(_Section):
         "auto", description="'auto' = bfloat16 where the device supports it, else float32 (SPEC: bf16)."
     )
     attn_implementation: str = Field("sdpa", description="'sdpa' (default), 'eager' or 'flash_attention_2'.")
-    embedded_cache_dir: Path | None = Field(
-        None, description="Where the embedded model is built and cached (default ~/.cache/ireasoner/embedded)."
-    )
     max_image_pixels: int = Field(
         448 * 448, gt=0, description="Images are resized by the processor to at most this many pixels."
     )

@@ -1,8 +1,9 @@
-"""Backbone loading, and the embedded default: a tiny Qwen2.5-VL built and cached locally.
+"""Backbone loading, and the embedded default: a tiny Qwen2.5-VL shipped with the code.
 
 ``load_backbone`` loads any Qwen2.5-VL checkpoint the same way, whether it is
 ``Qwen/Qwen2.5-VL-7B-Instruct`` from the local Hugging Face cache, a local directory, or the
-embedded model that ``ensure_embedded_model`` builds (nothing is ever downloaded for it).
+embedded model whose weights ship in ``ireasoner_core/embedded/weights`` (checked by sha256 at
+load; nothing is ever downloaded or built for it).
 
 The embedded model
 ------------------
@@ -36,21 +37,19 @@ so both roles emit their tags and lmms-eval's direct prompts get direct answers.
 little of the image, so its N rollouts agree sometimes and differ often, which is what the
 answer-level and step rewards need to have a signal. BUILD.json records the measured scores.
 
-The cache is ``<cache_dir>/<build-version>/`` (default ``~/.cache/ireasoner/embedded``, or
-``$IREASONER_EMBEDDED_CACHE``). A build happens in a temporary sibling directory under a file
-lock and is renamed into place once ``BUILD.json`` is written, so a half-built directory is never
-loaded and concurrent processes build once.
+The weights ship with the code (``embedded/shipped.py``) so that every machine runs the same
+model. ``build_embedded_into`` builds the recipe again into ``<cache>/<build-version>/``
+(default ``~/.cache/ireasoner/embedded``, or ``$IREASONER_EMBEDDED_CACHE``), named by the recipe
+and the weights' hash; ``ireasoner replace-embedded`` puts such a build in place of the shipped copy.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -63,8 +62,9 @@ from transformers import (
 )
 
 from ireasoner_core.config import EMBEDDED_MODEL, ModelConfig
-from ireasoner_core.embedded.build import BUILD_FILE, build_embedded, build_version
-from ireasoner_core.locks import file_lock
+from ireasoner_core.embedded.build import BUILD_FILE, build_embedded, recipe_version
+from ireasoner_core.embedded.shipped import EmbeddedIntegrityError, shipped_model_dir, write_manifest
+from ireasoner_core.embedded.warmstart import WarmStartConfig
 
 CACHE_ENV = "IREASONER_EMBEDDED_CACHE"
 QWEN2_5_VL_MODEL_TYPE = "qwen2_5_vl"
@@ -99,45 +99,42 @@ def is_complete_build(path: Path) -> bool:
     return (Path(path) / BUILD_FILE).is_file()
 
 
+def build_embedded_into(cache_dir: Path | None = None, *, recipe: WarmStartConfig | None = None,
+                        warm_start: bool = True, progress: bool = True) -> Path:
+    """Build the embedded recipe from scratch into ``<cache>/<build-version>/`` and return that directory.
 
-
-def ensure_embedded_model(cache_dir: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
-    """Return the directory of the embedded model, building it once (atomically, under a lock)."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    root = root.expanduser()
+    The build happens in a temporary sibling and is renamed into place once BUILD.json and the
+    manifest are written, so a half-built directory never carries a version name. Two builds with
+    the same weights share one directory (the name holds the weights' hash)."""
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_root()).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    version = build_version()
-    final = root / version
-    if not force and is_complete_build(final):
-        return final
-    with file_lock(root / f".{version}.lock"):
-        # Another process may have finished the build while this one waited for the lock.
-        if not force and is_complete_build(final):
-            return final
-        # Holding the lock, any leftover temporary directory is from a build that died.
-        for stale in root.glob(f".{version}.building-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.building-", dir=root))
-        if progress:
-            print(f"[ireasoner] building the embedded model {version} (one time, a few minutes on CPU)",
-                  file=sys.stderr, flush=True)
-        try:
-            build_embedded(tmp, progress=progress)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():  # incomplete leftover, or force: move aside first so the rename is atomic
-            old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=root))
-            os.rename(final, old / "build")
-            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    if progress:
+        print(f"[ireasoner] building the embedded recipe {recipe_version(recipe)} into {root} (a few minutes on CPU)",
+              file=sys.stderr, flush=True)
+    try:
+        info = build_embedded(tmp, recipe=recipe, warm_start=warm_start, progress=progress)
+        write_manifest(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = root / info["build_version"]
+    if is_complete_build(final):
+        shutil.rmtree(tmp, ignore_errors=True)  # the same weights, built before
+    else:
+        if final.exists():  # a leftover without BUILD.json: move it aside so the rename is atomic
+            shutil.rmtree(final)
         os.rename(tmp, final)
     return final
 
 
 def resolve_model_path(model_cfg: ModelConfig) -> str:
-    """'embedded' -> the cached embedded build (built on first use); anything else as given."""
+    """'embedded' -> the shipped embedded model (its hashes verified); anything else as given."""
     if model_cfg.name_or_path == EMBEDDED_MODEL:
-        return str(ensure_embedded_model(model_cfg.embedded_cache_dir))
+        try:
+            return str(shipped_model_dir())
+        except EmbeddedIntegrityError as err:
+            raise ModelLoadError(str(err)) from None
     return model_cfg.name_or_path
 
 
@@ -215,21 +212,3 @@ def load_backbone(model_cfg: ModelConfig, device: torch.device | str = "cpu",
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, processor
-
-
-def build_embedded_main(argv: Sequence[str] | None = None) -> int:
-    """`ireasoner build-embedded`: build (or find) the embedded model and print its directory."""
-    parser = argparse.ArgumentParser(prog="ireasoner build-embedded",
-                                     description="Build the embedded tiny Qwen2.5-VL model and cache it.")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help=f"cache root (default ${CACHE_ENV} or ~/.cache/ireasoner/embedded)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a complete build is cached")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    path = ensure_embedded_model(args.cache_dir, force=args.force, progress=not args.quiet)
-    if not args.quiet:
-        info = json.loads((path / BUILD_FILE).read_text())
-        print(f"[ireasoner] embedded model {info['build_version']}: {info['parameters']:,} parameters, "
-              f"built in {info['seconds']} s", file=sys.stderr)
-    print(path)
-    return 0

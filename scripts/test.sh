@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: set up (idempotent), build the embedded model once, run every test.
+# The README's test command: set up (idempotent), then run every test on the shipped embedded model.
 # Slow tests are marked but run here too: a skipped test in CI is a missing test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,4 @@ if ! command -v pg_ctl >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bi
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/ireasoner build-embedded >/dev/null
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"

@@ -1,4 +1,4 @@
-"""Shared fixtures. Nothing here reaches a model hub: the embedded model is built locally."""
+"""Shared fixtures. Nothing here reaches a model hub: the embedded model ships with the code."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    """The embedded tiny Qwen2.5-VL, built once per machine (cached under ~/.cache/ireasoner)."""
-    from ireasoner_core.model import ensure_embedded_model
+    """The shipped embedded tiny Qwen2.5-VL (ireasoner_core/embedded/weights), its hashes verified."""
+    from ireasoner_core.embedded.shipped import shipped_model_dir
 
-    return ensure_embedded_model(progress=False)
+    return shipped_model_dir()
 
 
 def tiny_overrides(out: Path, **extra) -> dict:

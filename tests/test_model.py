@@ -1,8 +1,8 @@
-"""Backbone loading and the embedded tiny Qwen2.5-VL: cache, atomic build, lock, format after warm-start.
+"""Backbone loading and the shipped embedded tiny Qwen2.5-VL: path errors, format after warm-start.
 
-Cache-mechanics tests build the untrained variant (about a second) into a temporary directory;
-behaviour tests use the warm-started build from ``conftest.embedded_model_dir`` (built once per
-machine). Nothing here reaches a hub: connections are refused where a load happens.
+Behaviour tests use the shipped weights (``conftest.embedded_model_dir``); the build and the
+manifest are tested in test_embedded_shipped.py. Nothing here reaches a hub: connections are
+refused where a load happens.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,17 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
-from ireasoner_core import model as model_mod  # noqa: E402
 from ireasoner_core import prompts  # noqa: E402
 from ireasoner_core.config import ModelConfig  # noqa: E402
 from ireasoner_core.data.synthetic import make_item  # noqa: E402
-from ireasoner_core.embedded import build as build_mod  # noqa: E402
 from ireasoner_core.embedded.tokenizer import FORMAT_TAGS  # noqa: E402
 from ireasoner_core.model import (  # noqa: E402
     BUILD_FILE,
     ModelLoadError,
-    build_embedded_main,
-    ensure_embedded_model,
     load_backbone,
     resolve_dtype,
     resolve_model_path,
@@ -43,21 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Measured on the warm-started build (see BUILD.json): ~0.9 of solver rollouts carry an <answer>
 # tag at temperature 1; the test asks for a clear majority, leaving room for sampling noise.
 MIN_ANSWER_TAG_FRACTION = 0.6
-
-
-@pytest.fixture
-def untrained_builds(monkeypatch):
-    """Build the untrained variant (seconds) and count how many builds really run."""
-    monkeypatch.setattr(build_mod, "WARM_START", False)
-    calls: list[Path] = []
-    real = model_mod.build_embedded
-
-    def counting(out_dir, **kw):
-        calls.append(Path(out_dir))
-        return real(out_dir, **kw)
-
-    monkeypatch.setattr(model_mod, "build_embedded", counting)
-    return calls
 
 
 @pytest.fixture
@@ -79,71 +57,6 @@ def test_resolve_dtype():
     assert resolve_dtype("float16", "cpu") is torch.float16
     with pytest.raises(ValueError, match="float64"):
         resolve_dtype("float64", "cpu")
-
-
-# --------------------------------------------------------------------------- cache mechanics
-
-
-def test_cache_is_reused(tmp_path, untrained_builds):
-    first = ensure_embedded_model(tmp_path, progress=False)
-    stamp = (first / BUILD_FILE).stat().st_mtime_ns
-    second = ensure_embedded_model(tmp_path, progress=False)
-    assert second == first == tmp_path / build_mod.build_version()
-    assert len(untrained_builds) == 1
-    assert (second / BUILD_FILE).stat().st_mtime_ns == stamp
-    # force rebuilds in place; nothing but the build and its lock file is left in the root
-    ensure_embedded_model(tmp_path, force=True, progress=False)
-    assert len(untrained_builds) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, f".{first.name}.lock"])
-
-
-def test_half_built_directories_are_never_used(tmp_path, untrained_builds):
-    version = build_mod.build_version()
-    # A final-looking directory without BUILD.json (a copy interrupted half way) ...
-    (tmp_path / version).mkdir()
-    (tmp_path / version / "config.json").write_text("{}")
-    # ... and the temporary directory of a build that died.
-    stale = tmp_path / f".{version}.building-dead"
-    stale.mkdir()
-    (stale / "config.json").write_text("{}")
-    path = ensure_embedded_model(tmp_path, progress=False)
-    assert len(untrained_builds) == 1
-    assert path == tmp_path / version
-    assert json.loads((path / BUILD_FILE).read_text())["build_version"] == version
-    assert json.loads((path / "config.json").read_text())["model_type"] == "qwen2_5_vl"
-    assert not stale.exists()
-
-
-def test_untrained_build_is_deterministic(tmp_path, monkeypatch):
-    monkeypatch.setattr(build_mod, "WARM_START", False)
-    a = ensure_embedded_model(tmp_path / "a", progress=False)
-    b = ensure_embedded_model(tmp_path / "b", progress=False)
-    for name in ("tokenizer.json", "model.safetensors", "config.json", "chat_template.jinja"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-
-
-_RACE = """
-import sys
-from ireasoner_core import model
-from ireasoner_core.embedded import build
-build.WARM_START = False
-real, built = model.build_embedded, []
-model.build_embedded = lambda out, **kw: (built.append(out), real(out, **kw))[1]
-path = model.ensure_embedded_model(sys.argv[1], progress=False)
-print(len(built), path)
-"""
-
-
-@pytest.mark.slow
-def test_two_processes_build_once(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(tmp_path)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    lines = [o[0].strip().splitlines()[-1].split() for o in outs]
-    assert sorted(int(n) for n, _ in lines) == [0, 1]  # one built, the other waited and reused it
-    assert lines[0][1] == lines[1][1]
 
 
 # --------------------------------------------------------------------------- path errors
@@ -183,9 +96,8 @@ def test_non_embedded_path_is_passed_through(tmp_path):
 
 @pytest.fixture(scope="session")
 def backbone(embedded_model_dir):
-    # Points the config at the cache root that conftest's fixture built into.
-    cfg = ModelConfig(embedded_cache_dir=embedded_model_dir.parent, dtype="float32")
-    return load_backbone(cfg)
+    # The model path 'embedded' itself: the shipped copy that conftest's fixture verified.
+    return load_backbone(ModelConfig(dtype="float32"))
 
 
 def test_loaded_backbone_is_a_frozen_qwen2_5_vl(backbone, embedded_model_dir):
@@ -272,8 +184,3 @@ def test_proposer_prompt_yields_question_tags(backbone):
     decoded = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     tagged = sum("<question>" in t and "</question>" in t for t in decoded) / len(decoded)
     assert tagged >= MIN_ANSWER_TAG_FRACTION, decoded[:3]
-
-
-def test_build_embedded_main_prints_the_path(embedded_model_dir, capsys):
-    assert build_embedded_main(["--cache-dir", str(embedded_model_dir.parent), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == str(embedded_model_dir)

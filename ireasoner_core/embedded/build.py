@@ -1,5 +1,9 @@
 """Build the embedded model into a directory: tokenizer, processor, tiny Qwen2.5-VL, warm-start,
 ``save_pretrained`` of each, and ``BUILD.json`` written last (its presence marks a complete build).
+
+A build names itself by its recipe *and* its weights (``v3-<recipe hash>-w<weights hash>``): the
+same recipe gives different floats on different CPUs, so the recipe alone does not name a model.
+The shipped copy (``shipped.py``) is what ``embedded`` loads; builds are for changing the recipe.
 """
 
 from __future__ import annotations
@@ -30,27 +34,26 @@ from ireasoner_core.embedded.formats import (
     GEOMETRY_POST_PROMPT,
 )
 from ireasoner_core.embedded.measure import MEASURE_VERSION
+from ireasoner_core.embedded.shipped import BUILD_FILE, sha256_file
 from ireasoner_core.embedded.tokenizer import CHAT_TEMPLATE, train_tokenizer
 from ireasoner_core.embedded.warmstart import WarmStartConfig
 from ireasoner_core.embedded.warmstart import warm_start as run_warm_start
 
-BUILD_FILE = "BUILD.json"
+WEIGHTS_FILE = "model.safetensors"
 BUILD_SEED = 1234
-# Bump when the architecture, corpus or warm-start recipe changes: a new version is a new cache dir.
+# Bump when the architecture, corpus or warm-start recipe changes.
 # 3: patch 42 (lmms-eval's view = the trained view) and a warm-start of 1,050 batches of 8.
 _RECIPE_VERSION = "3"
-# Tests of the cache machinery switch this off to build the untrained variant in a second.
-WARM_START = True
 # Items whose QA text trains the tokenizer (cheap: text only, but generate_synthetic draws them).
 TOKENIZER_ITEMS = 200
 
 
-def build_version() -> str:
-    """Cache key: the recipe version plus a hash of the shapes, prompt text and warm-start recipe."""
+def recipe_version(recipe: WarmStartConfig | None = None) -> str:
+    """The recipe's name: its version plus a hash of the shapes, prompt text and warm-start recipe."""
     # The shape constants too: a model of another shape must never be read from this cache dir.
     shapes = repr(sorted((k, v) for k, v in vars(architecture).items() if k.isupper()))
     text = "\x00".join([_RECIPE_VERSION, shapes, prompts.PROPOSER_INSTRUCTION, prompts.SOLVER_INSTRUCTION,
-                        prompts.FALLBACK_QUESTION, CHAT_TEMPLATE, repr(WarmStartConfig()),
+                        prompts.FALLBACK_QUESTION, CHAT_TEMPLATE, repr(recipe or WarmStartConfig()),
                         CHARTQA_POST_PROMPT, AI2D_POST_PROMPT, GEOMETRY_POST_PROMPT, MEASURE_VERSION])
     return f"v{_RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
@@ -75,10 +78,13 @@ def _init_patch_embed(model: Qwen2_5_VLForConditionalGeneration) -> None:
         w -= w.mean(dim=(1, 2, 3, 4), keepdim=True)
 
 
-def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: bool = True) -> dict:
-    """Write a complete embedded model to ``out_dir`` (which must be empty or absent); returns BUILD.json."""
+def build_embedded(out_dir: Path, *, warm_start: bool = True, recipe: WarmStartConfig | None = None,
+                   progress: bool = True) -> dict:
+    """Write a complete embedded model to ``out_dir`` (which must be empty or absent); returns BUILD.json.
+
+    ``recipe`` replaces the warm-start recipe (a scaled-down one in tests); ``warm_start=False``
+    writes the untrained model."""
     t0 = time.time()
-    warm_start = WARM_START if warm_start is None else warm_start
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(BUILD_SEED)
@@ -93,9 +99,10 @@ def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: b
     _init_patch_embed(model)
     model.generation_config = generation_config(tokenizer)
 
-    info: dict = {"build_version": build_version(), "seed": BUILD_SEED, "warm_start": None}
+    info: dict = {"recipe_version": recipe_version(recipe) + ("" if warm_start else "-untrained"),
+                  "seed": BUILD_SEED, "warm_start": None}
     if warm_start:
-        info["warm_start"] = run_warm_start(model, processor, progress=progress)
+        info["warm_start"] = run_warm_start(model, processor, cfg=recipe, progress=progress)
 
     model.eval()
     model.save_pretrained(out_dir)
@@ -111,5 +118,7 @@ def build_embedded(out_dir: Path, *, warm_start: bool | None = None, progress: b
                                   "window_size", "out_hidden_size")}},
         seconds=round(time.time() - t0, 2),
     )
+    info["weights_sha256"] = sha256_file(out_dir / WEIGHTS_FILE)
+    info["build_version"] = f"{info['recipe_version']}-w{info['weights_sha256'][:10]}"
     (out_dir / BUILD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
     return info

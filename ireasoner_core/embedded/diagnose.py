@@ -82,14 +82,14 @@ def label_reading(model, processor, *, circles: int = 40, seed: int = HELD_OUT_S
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from ireasoner_core.model import ensure_embedded_model
+    from ireasoner_core.embedded.shipped import shipped_model_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("build_dir", nargs="?", type=Path, help="an embedded build (default: the cached one)")
+    ap.add_argument("build_dir", nargs="?", type=Path, help="an embedded build (default: the shipped one)")
     ap.add_argument("--images", type=int, default=60)
     ap.add_argument("--circles", type=int, default=40, help="held-out circles for the radius-label probe")
     args = ap.parse_args(argv)
-    d = args.build_dir or ensure_embedded_model()
+    d = args.build_dir or shipped_model_dir()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(d)
     processor = AutoProcessor.from_pretrained(d)
     result = image_reliance(model, processor, images=args.images)

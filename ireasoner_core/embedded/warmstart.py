@@ -123,14 +123,14 @@ def _load_items(n: int, seed: int) -> tuple[list[SyntheticItem], list[Image.Imag
     return items, images
 
 
-def _pools(processor: ProcessorMixin, items: list[SyntheticItem], pil_images: list[Image.Image], rng: random.Random
-           ) -> tuple[list[list[_Example]], list[_EncodedImage]]:
+def _pools(processor: ProcessorMixin, items: list[SyntheticItem], pil_images: list[Image.Image], rng: random.Random,
+           progress: bool = True) -> tuple[list[list[_Example]], list[_EncodedImage]]:
     """The four example pools of ``WarmStartConfig.mix`` and the encoded images they index.
 
     Image i is at index 2i as the Solver sees it and 2i+1 as lmms-eval shows it (JPEG, resized).
     """
     encoded: list[_EncodedImage] = []
-    for im in tqdm(pil_images, desc="warm-start images", leave=False, disable=len(pil_images) < 200):
+    for im in tqdm(pil_images, desc="warm-start images", leave=False, disable=not progress or len(pil_images) < 200):
         encoded += [_encode_image(processor, im), _encode_image(processor, lmms_eval_view(im))]
     solver, solver_bench, direct, proposer, describe = [], [], [], [], []
     for i, item in enumerate(items):
@@ -198,7 +198,7 @@ def warm_start(model: Qwen2_5_VLForConditionalGeneration, processor: ProcessorMi
     torch.manual_seed(cfg.seed)
     t_data = time.time()
     items, pil_images = _load_items(cfg.images, cfg.seed)
-    pools, encoded = _pools(processor, items, pil_images, rng)
+    pools, encoded = _pools(processor, items, pil_images, rng, progress)
     seconds_data = time.time() - t_data
     pad_id = processor.tokenizer.pad_token_id
     image_token_id = model.config.image_token_id
@@ -249,12 +249,20 @@ def warm_start(model: Qwen2_5_VLForConditionalGeneration, processor: ProcessorMi
         "seconds_train": round(time.time() - t_train, 1),
     }
     t_eval = time.time()
-    result["mini_benchmarks"] = measure_mini(model, processor, items=cfg.eval_items, k=cfg.eval_samples,
-                                             seed=cfg.seed + 2)
-    result["training_distribution"] = measure_training_distribution(
-        model, processor, images=cfg.eval_images, k=cfg.eval_samples, seed=cfg.seed + 1)
-    result.update(measure_proposer(model, processor, cfg))
+    result.update(measure_build(model, processor, cfg))
     result["seconds_eval"] = round(time.time() - t_eval, 1)
+    return result
+
+
+def measure_build(model: Qwen2_5_VLForConditionalGeneration, processor: ProcessorMixin,
+                  cfg: WarmStartConfig | None = None) -> dict:
+    """What BUILD.json records of a model: mini benchmarks, training distribution, Proposer format."""
+    cfg = cfg or WarmStartConfig()
+    result = {"mini_benchmarks": measure_mini(model, processor, items=cfg.eval_items, k=cfg.eval_samples,
+                                              seed=cfg.seed + 2),
+              "training_distribution": measure_training_distribution(
+                  model, processor, images=cfg.eval_images, k=cfg.eval_samples, seed=cfg.seed + 1)}
+    result.update(measure_proposer(model, processor, cfg))
     return result
 @torch.no_grad()
 def _sample(model, processor, messages_list: list[list[dict]], images: list[Image.Image], n: int,

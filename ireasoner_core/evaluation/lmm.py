@@ -152,7 +152,6 @@ class IReasonerLMM(lmms):
         max_pixels: int | None = None,
         system_prompt: str = LMMS_EVAL_SYSTEM_PROMPT,
         math_judge: str = "local",
-        embedded_cache_dir: str | None = None,
         merge_adapter: bool = True,
         model_cfg: ModelConfig | None = None,
         max_batch_size: int | None = None,  # lmms-eval's CLI always passes it; auto batch sizing is not supported
@@ -167,7 +166,7 @@ class IReasonerLMM(lmms):
             raise TypeError(
                 f"ireasoner model_args: unknown argument(s) {sorted(unknown)}; known: pretrained, adapter, protocol, "
                 "answer_extractor, batch_size, device, max_new_tokens, dtype, attn_implementation, min_pixels, "
-                "max_pixels, system_prompt, math_judge, embedded_cache_dir, merge_adapter, sampled_k, "
+                "max_pixels, system_prompt, math_judge, merge_adapter, sampled_k, "
                 "sample_temperature, sample_seed")
         if protocol not in PROTOCOLS:
             raise ValueError(f"ireasoner model_args: protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
@@ -203,8 +202,6 @@ class IReasonerLMM(lmms):
                 fields["attn_implementation"] = attn_implementation
             if max_pixels is not None and not lmms_eval_protocol:
                 fields["max_image_pixels"] = int(max_pixels)
-            if embedded_cache_dir:
-                fields["embedded_cache_dir"] = Path(embedded_cache_dir)
             model_cfg = ModelConfig(**fields)
         self.model_cfg = model_cfg
         embedded = model_cfg.name_or_path == EMBEDDED_MODEL
