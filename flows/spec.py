@@ -31,6 +31,7 @@ from ireasoner_core.config import (
     ConfigError,
     TrainConfig,
     build_config,
+    build_model_config,
 )
 from tasks.conventions import BASELINE
 from tasks.provenance import REPO_ROOT
@@ -235,14 +236,11 @@ class ExperimentSpec(_Spec):
 
     def model_config_dict(self) -> dict[str, Any]:
         """The model section every variant shares (what a baseline evaluates)."""
-        data = self.base_dict().get("model", {}) or {}
-        overrides = {f"model.{k}": v for k, v in data.items()}
-        if self.model is not None:
-            overrides["model.name_or_path"] = self.model
-        for k, v in self.overrides.items():
-            if k.startswith("model."):
-                overrides[k] = v
-        return build_config({}, overrides, source="model").model.model_dump(mode="json")
+        # The model section alone: a TrainConfig would also demand data.image_dir for any model
+        # but 'embedded', and the baseline trains nothing.
+        overrides = {"model.name_or_path": self.model} if self.model is not None else {}
+        overrides.update({k: v for k, v in self.overrides.items() if k.startswith("model.")})
+        return build_model_config(self.base_dict().get("model", {}) or {}, overrides).model_dump(mode="json")
 
 
 class VariantPlan(BaseModel):

@@ -236,8 +236,6 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _data_source(self) -> "TrainConfig":
         d = self.data
-        if d.manifest is not None and not Path(d.manifest).is_file():
-            raise ValueError(f"data.manifest: file not found: {d.manifest}")
         if d.manifest is None and d.image_dir is not None and not Path(d.image_dir).is_dir():
             what = "is a file, not a folder" if Path(d.image_dir).exists() else "folder not found"
             raise ValueError(f"data.image_dir: {what}: {d.image_dir}")
@@ -317,6 +315,19 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
         _set_dotted(raw, key, value)
     try:
         return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def build_model_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                       source: str = "model") -> ModelConfig:
+    """Validate a model section on its own (``model.``-prefixed overrides): what a baseline
+    evaluates needs no data, schedule or run directory, whatever the model is."""
+    raw: dict[str, Any] = json.loads(json.dumps(data or {}, default=str))
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key.removeprefix("model."), value)
+    try:
+        return ModelConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 

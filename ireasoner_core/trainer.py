@@ -83,6 +83,10 @@ class UpdateStats:
 class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = (), backbone: tuple | None = None):
         self.cfg = cfg
+        # Checked here, before minutes of model loading, not at validation: a sweep plans its
+        # variants against the manifest its pool task is about to write.
+        if cfg.data.manifest is not None and not Path(cfg.data.manifest).is_file():
+            raise ImagePoolError(f"data.manifest: file not found: {cfg.data.manifest}")
         # cpu=True when there is no CUDA/ROCm device: accelerate then runs processes started by
         # `accelerate launch --multi_gpu` / torchrun as a gloo group (MULTI_CPU) instead of alone.
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
