@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +87,11 @@ class ImagesSpec(_Spec):
     @classmethod
     def _folders_exist(cls, v: list[str]) -> list[str]:
         for i, s in enumerate(v):
+            unset = [name for name in re.findall(r"\$\{?(\w+)\}?", s) if name not in os.environ]
+            if unset:
+                raise ValueError(f"images.sources[{i}]: {s!r} names the environment variable {unset[0]}, which is "
+                                 f"unset on this machine; set {unset[0]} to the folder of unlabeled images (on the "
+                                 "worker that runs the flow), or give images.sources a folder")
             p = resolve_path(s)
             if not p.is_dir():
                 what = "is a file, not an image folder" if p.exists() else "image folder not found"

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
+from ireasoner_core.data.synthetic import generate_synthetic
+from ireasoner_core.embedded.shipped import SHIPPED_DIR
 from tasks.conventions import (
     EXPERIMENT,
     KIND_SWEEP,
@@ -70,7 +75,10 @@ def stack(tmp_path_factory):
     """Server + registered deployments + worker, in a temporary PREFECT_HOME and MLflow store."""
     tmp = tmp_path_factory.mktemp("stack")
     port = _free_port()
-    env = {**os.environ,
+    # The 7B presets read their images from $IREASONER_IMAGES on the worker, as documented.
+    images = tmp / "unlabeled"
+    generate_synthetic(images, 6, seed=3)
+    env = {**os.environ, "IREASONER_IMAGES": str(images),
            "PREFECT_HOME": str(tmp / "prefect-home"),
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
@@ -145,8 +153,6 @@ def _parent(stack, flow_run_id: str):
 def _table(client: MlflowClient, run_id: str) -> dict[str, list]:
     """The results table logged with log_table, read back as columns (MlflowClient.load_table
     searches with the process-wide tracking URI, not the client's, so it is not used here)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as d:
         doc = json.loads(Path(client.download_artifacts(run_id, "results_table.json", d)).read_text())
     return {c: [row[i] for row in doc["data"]] for i, c in enumerate(doc["columns"])}
@@ -178,6 +184,37 @@ def test_ablations_deployment_runs_two_variants_then_skips_them(stack):
     assert children2 == {}  # nothing trained again
     assert list(table2["status"]) == ["skipped", "skipped"]
     assert set(table2["mlflow_run_id"]) == {c.info.run_id for c in children.values()}
+
+
+def test_ablations_on_a_local_model_folder_runs_to_completed_with_its_mlflow_rows(stack):
+    """The 7B's path on CPU: the preset as registered, cut down with `changes`, its model a local
+    Qwen2.5-VL folder loaded by path (a copy of the shipped weights), images from $IREASONER_IMAGES."""
+    model_dir = stack["tmp"] / "qwen2.5-vl-local"
+    shutil.copytree(SHIPPED_DIR, model_dir)
+    tasks = ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini"]
+    changes = {"name": "ablations-local", "model": str(model_dir), "variants": ["full", "soft_only"],
+               "iterations": 2, "runs_dir": str(stack["tmp"] / "runs"),
+               "evaluation": {"tasks": tasks, "limit": 4}, "resources": {"devices_per_variant": 1},
+               "overrides": {"checkpoint.every": 1, "sampling.num_rollouts": 2,
+                             "sampling.solver_max_new_tokens": 16, "sampling.proposer_max_new_tokens": 16}}
+    flow_run_id = _run_deployment(stack, "ireasoner/ablations", {"changes": changes})
+    fr, _ = _wait_final(stack, flow_run_id)
+    assert fr.state.is_completed(), f"{fr.state}\n{stack['worker_log'].read_text()[-4000:]}"
+    parent, children, table = _parent(stack, flow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert set(children) == {"full", "soft_only"}
+    client = stack["mlflow"]
+    for child in children.values():
+        assert child.info.status == "FINISHED" and child.data.tags[TAG_STATUS] == "finished"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train/r_sol_mean")] == [1, 2]
+        for task in tasks:
+            assert 0.0 <= child.data.metrics[f"eval/{task}"] <= 100.0, (task, child.data.metrics)
+        with tempfile.TemporaryDirectory() as d:
+            config = yaml.safe_load(Path(client.download_artifacts(child.info.run_id, "train/config.yaml", d))
+                                    .read_text())
+        assert config["model"]["name_or_path"] == str(model_dir)  # trained the folder, not 'embedded'
+        assert config["schedule"]["iterations"] == 2 and config["sampling"]["num_rollouts"] == 2
+    assert sorted(table["variant"]) == ["full", "soft_only"] and set(table["status"]) == {"finished"}
 
 
 @pytest.mark.parametrize("bad_spec, reason", [
