@@ -37,7 +37,7 @@ from accelerate import Accelerator
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 
 from . import checkpoint as ckpt
-from .callbacks import JsonlLogger, ProgressBar, TrainerCallback
+from .callbacks import COMPLETIONS_KEY, JsonlLogger, ProgressBar, TrainerCallback, completion_rows
 from .config import EMBEDDED_MODEL, TrainConfig
 from .data.pool import ImagePoolError, PoolManifest, load_image, sample_pool
 from .model import resolve_dtype
@@ -341,7 +341,7 @@ class Trainer:
     def iteration(self, t: int) -> dict[str, Any]:
         cfg, s, pol = self.cfg, self.cfg.sampling, self.policy
         timer = _PhaseTimer(self.phase_hooks)
-        images, skipped, _ = self._images_for(t)
+        images, skipped, paths = self._images_for(t)
         self.images_skipped += int(self._mean_all(skipped) * self.world) if self.world > 1 else skipped
 
         with timer("propose"):
@@ -394,6 +394,8 @@ class Trainer:
 
         record = self._record(t, lam, per_image, r_prop, parsed, sol_batches, prop_batches, sol_stats,
                               prop_stats, prop_updated, questions, timer)
+        if self.main and cfg.log_completions_every and t % cfg.log_completions_every == 0:
+            record[COMPLETIONS_KEY] = completion_rows(t, paths, questions, texts, parsed, by_image, per_image, r_prop)
         if self.main and t % cfg.log_diagnostics_every == 0:
             self._write_diagnostics(t, per_image[0], [embeds[r] for r in by_image[0]], questions[0],
                                     [parsed[r].answer for r in by_image[0]])
