@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +18,48 @@ if TYPE_CHECKING:
     from .trainer import TrainResult
 
 
+COMPLETIONS_KEY = "completions"
+"""Record key of an iteration's generations (every ``log_completions_every`` iterations, else absent)."""
+
+
 class TrainerCallback:
     """Override what you need; every hook is a no-op here."""
 
     def on_train_start(self, cfg: "TrainConfig", start_iteration: int) -> None: ...
 
-    def on_iteration(self, record: dict[str, Any]) -> None: ...
+    def on_iteration(self, record: dict[str, Any]) -> None:
+        """One global iteration's signals (the metrics.jsonl record). Every ``log_completions_every``
+        iterations ``record["completions"]`` also holds its generations, one plain dict per Solver
+        rollout (``completion_rows``): the record is also what a subprocess's metrics.jsonl carries
+        to a callback in another process, so the generations travel the same way."""
 
     def on_checkpoint(self, path: Path, iteration: int) -> None: ...
 
     def on_train_end(self, result: "TrainResult") -> None: ...
+
+
+def completion_rows(iteration: int, image_paths: Sequence[str], questions: Sequence[str], texts: Sequence[str],
+                    parsed: Sequence[Any], by_image: Sequence[Sequence[int]], rewards: Sequence[Any],
+                    proposer_rewards: Sequence[float]) -> list[dict[str, Any]]:
+    """One iteration's generations as table rows, one per Solver rollout of this process's images.
+
+    ``texts``/``parsed`` are the flat rollouts, ``by_image[i]`` the rows of image i, ``rewards[i]``
+    its ``rewards.SolverRewards`` (per-rollout r_ans, r_step, r_sol, the dominant group) and
+    ``proposer_rewards[i]`` the Proposer's reward for its question.
+    """
+    rows = []
+    for i, rollouts in enumerate(by_image):
+        sr = rewards[i]
+        for j, r in enumerate(rollouts):
+            rows.append({
+                "iteration": iteration, "image": Path(image_paths[i]).name, "question": questions[i],
+                "rollout": j, "completion": texts[r], "answer": parsed[r].answer,
+                "dominant": j in sr.group, "r_ans": _jsonable(float(sr.r_ans[j])),
+                "r_step": _jsonable(float(sr.r_step[j])), "r_sol": _jsonable(float(sr.r_sol[j])),
+                "answer_entropy": _jsonable(float(sr.entropy)),
+                "proposer_reward": _jsonable(float(proposer_rewards[i])),
+            })
+    return rows
 
 
 def _jsonable(v: Any) -> Any:

@@ -224,6 +224,11 @@ class TrainConfig(_Section):
     log_diagnostics_every: int = Field(
         50, gt=0, description="Every this many iterations, log figure 7's leave-one-out step similarities."
     )
+    log_completions_every: int = Field(
+        10, ge=0, description="Every this many iterations, hand the callbacks that iteration's generations (the "
+        "Proposer's question, each Solver rollout, its parsed answer and rewards) as record['completions']; "
+        "the MLflow logger appends them to the run's train/completions.json table. 0 = never.",
+    )
     progress_bar: bool = True
 
     @field_validator("ablation")
@@ -249,7 +254,8 @@ class TrainConfig(_Section):
 
     def hash(self) -> str:
         """Stable short hash of everything that changes what is trained (not where it is written)."""
-        payload = self.model_dump(mode="json", exclude={"checkpoint", "progress_bar", "run_name"})
+        payload = self.model_dump(mode="json", exclude={"checkpoint", "progress_bar", "run_name",
+                                                        "log_completions_every"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
