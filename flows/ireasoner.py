@@ -70,11 +70,13 @@ from tasks.runs import (
     eval_limit_tag,
     find_finished_variant,
     finish_run,
+    log_params,
     open_client,
     provenance_tags,
     run_url,
     tracking_uri,
 )
+from tasks.tracking import spec_params
 from tasks.train import TRAINING_LIMIT, train_variant
 
 VARIANT_DEPLOYMENT = "ireasoner-variant/variant"
@@ -230,6 +232,7 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
     print(f"MLflow parent run {parent} ({run_url(uri, experiment_id, parent)}); tracking store {uri}")
     try:
         client.log_dict(parent, spec.model_dump(mode="json"), "spec.json")
+        log_params(client, parent, spec_params(spec.model_dump(mode="json")))  # what Compare diffs between sweeps
         client.log_dict(parent, [p.model_dump(mode="json") for p in plans], "plans.json")
         rows, failures = _run_plans(spec, plans, force, client, uri, experiment_id, parent, tags, pool.data_hash)
         log_results_table(client, parent, rows, list(spec.evaluation.tasks))

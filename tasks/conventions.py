@@ -31,6 +31,15 @@ TAG_REUSED_RUNS = "ireasoner.reused_runs"   # on a sweep run: JSON {plan key: ru
 
 BASELINE = "baseline"
 
+# How the MLflow UI (3.x) opens an experiment: its training view (runs, params, metrics, the model
+# registry) or its GenAI view (traces, an assistant). MLflow 3.17.2's UI picks the view from the link's
+# ``workflowType`` query parameter, else from the browser's last choice (localStorage
+# ``mlflow.workflowType``), else GenAI; links this project prints carry the parameter. The experiment
+# tag is what MLflow UIs that still read the experiment's kind go by (3.17.2's build ignores it).
+UI_WORKFLOW_PARAM = "workflowType=machine_learning"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
 # Metrics
 TRAIN_PREFIX = "train/"                     # per-iteration signals, step = global iteration
 EVAL_PREFIX = "eval/"                       # eval/<task> = headline score in [0, 100]
@@ -41,6 +50,7 @@ EVAL_SAMPLE_SEED_PARAM = "eval_sample_seed"  # torch seed of those samples: the 
 # Artifacts (paths inside a run's artifact root)
 ARTIFACT_METRICS_JSONL = "train/metrics.jsonl"
 ARTIFACT_CONFIG = "train/config.yaml"
+ARTIFACT_COMPLETIONS = "train/completions.json"  # log_table: generations every log_completions_every iterations
 ARTIFACT_ADAPTERS = "adapters"              # adapters/solver, adapters/proposer
 EVAL_SAMPLES_DIR = "eval_samples"           # eval_samples/<task>.jsonl: {"doc_id", "score", "sampled_score", ...}
 RESULTS_TABLE = "results_table.json"        # mlflow.log_table on the parent run

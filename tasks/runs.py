@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from ireasoner_core.locks import file_lock
 from tasks.conventions import (
     EXPERIMENT,
+    EXPERIMENT_KIND_TRAINING,
     KIND_SWEEP,
     KIND_VARIANT,
     LATEST_ALIAS,
@@ -28,12 +29,14 @@ from tasks.conventions import (
     TAG_CODE_HASH,
     TAG_CONFIG_HASH,
     TAG_DATA_HASH,
+    TAG_EXPERIMENT_KIND,
     TAG_KIND,
     TAG_LOCK_HASH,
     TAG_SEED,
     TAG_SOURCE_HASH,
     TAG_STATUS,
     TAG_VARIANT,
+    UI_WORKFLOW_PARAM,
 )
 from tasks.provenance import REPO_ROOT
 
@@ -57,7 +60,14 @@ def ui_base_url(uri: str) -> str:
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The run's page in MLflow's training view (without the parameter MLflow 3.17 opens its GenAI view,
+    which files a run with no logged model under "Evaluations")."""
+    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW_PARAM}"
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's training view."""
+    return f"{ui_base_url(uri)}/#/experiments/{experiment_id}?{UI_WORKFLOW_PARAM}"
 
 
 def sqlite_schema_lock(uri: str) -> contextlib.AbstractContextManager[None]:
@@ -71,9 +81,25 @@ def sqlite_schema_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     return file_lock(db.with_name(db.name + ".schema-lock"))
 
 
+def sqlite_artifact_root(uri: str) -> str:
+    """Artifacts of a SQLite store live beside its database file, not in ./mlruns of whatever directory
+    a process happens to run in (a Prefect worker runs flows in a temporary one)."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / DEFAULT_ARTIFACTS.name).absolute().as_uri()
+
+
 def open_client(uri: str) -> MlflowClient:
-    """An MlflowClient whose store is open: for SQLite, its schema created under the schema lock."""
+    """An MlflowClient whose store is open: for SQLite, its schema created under the schema lock.
+
+    A new SQLite store is created with its artifact root beside the database: MLflow writes the
+    ``Default`` experiment's artifact location when it creates the schema, and would otherwise take
+    ``./mlruns`` of the current directory, a temporary folder when a worker runs the flow.
+    """
     with sqlite_schema_lock(uri):
+        if uri.startswith("sqlite:///"):
+            from mlflow.tracking._tracking_service.utils import _get_store
+
+            _get_store(uri, sqlite_artifact_root(uri))  # creates the schema and Default with this root
         client = MlflowClient(uri)  # opens the store (creating or migrating its schema) right here
         client.search_experiments(max_results=1)
     return client
@@ -86,14 +112,13 @@ def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:  # created before the tag was set
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
-    location = None
-    if client.tracking_uri.startswith("sqlite:///"):
-        # Keep artifacts beside the database file, not in ./mlruns of whatever directory we run from.
-        db = Path(client.tracking_uri.removeprefix("sqlite:///"))
-        location = (db.parent / DEFAULT_ARTIFACTS.name).absolute().as_uri()
+    location = sqlite_artifact_root(client.tracking_uri) if client.tracking_uri.startswith("sqlite:///") else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 

@@ -10,6 +10,13 @@ thread-local and Prefect runs tasks in worker threads.
 A record is logged once per step. After a retry resumes from checkpoint k, the trainer redoes
 iterations k+1.. that may already be in MLflow; those steps are not logged a second time, so
 every metric history has exactly one point per iteration.
+
+Every ``log_completions_every`` iterations a record also carries the generations of that iteration
+(``record["completions"]``, rows of ``ireasoner_core.callbacks.completion_rows``); they are appended
+to the run's ``train/completions.json`` table (``log_table``), one row per Solver rollout.
+
+``spec_params`` is the sweep (parent) run's side: its experiment spec as flat ``spec.*`` params,
+so MLflow's Compare view shows what two sweeps did differently.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +34,49 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from tasks.conventions import TRAIN_PREFIX, metric_name
-
-try:  # the trainer's callback base class; duck-typed if the core is older than the contract
-    from ireasoner_core.callbacks import TrainerCallback
-except ImportError:  # pragma: no cover - only while ireasoner_core.callbacks is missing
-    TrainerCallback = object  # type: ignore[assignment,misc]
+from ireasoner_core.callbacks import COMPLETIONS_KEY, TrainerCallback
+from tasks.conventions import ARTIFACT_COMPLETIONS, TRAIN_PREFIX, metric_name
 
 # Keys of a metrics.jsonl record that are not per-iteration signals (the step itself, text).
-NON_METRIC_KEYS = {"iteration", "question", "answers"}
+NON_METRIC_KEYS = {"iteration", "question", "answers", COMPLETIONS_KEY}
 # MLflow's log_batch accepts at most 1000 metrics per call.
 MAX_BATCH = 1000
+# MLflow's limits on one param (mlflow.utils.validation): value and key length.
+MAX_PARAM_VALUE = 6000
+MAX_PARAM_KEY = 250
+SPEC_PREFIX = "spec."
+TRUNCATED = " ...(truncated; the whole spec is the run's spec.json)"
+
+
+def spec_params(spec: dict[str, Any], prefix: str = SPEC_PREFIX) -> dict[str, str]:
+    """An experiment spec (``ExperimentSpec.model_dump(mode="json")``) as flat MLflow params.
+
+    Nested sections become dotted keys (``spec.evaluation.limit``, ``spec.overrides.optim.lr``: an
+    override's own dotted name follows its section), lists are JSON (``spec.variants`` =
+    ``["baseline", "full"]``), and a variant given with its own settings adds
+    ``spec.variants.<name>.<field>`` keys. A value longer than MLflow's limit is cut and says so.
+    """
+    out: dict[str, str] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(f"{key}.{k}", v)
+            return
+        text = json.dumps(value) if isinstance(value, list) else str(value)
+        if len(text) > MAX_PARAM_VALUE:
+            text = text[:MAX_PARAM_VALUE - len(TRUNCATED)] + TRUNCATED
+        out[key[:MAX_PARAM_KEY]] = text
+
+    for key, value in spec.items():
+        if key == "variants":
+            put(prefix + key, [v["name"] if isinstance(v, dict) else v for v in value])
+            for v in value:
+                if isinstance(v, dict):
+                    put(f"{prefix}{key}.{v['name']}", {k: x for k, x in v.items() if k != "name"})
+        else:
+            put(prefix + key, value)
+    return out
 
 
 def record_to_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -86,6 +127,7 @@ class MlflowTrainLogger(TrainerCallback):
         self._last_flush = time.monotonic()
         self.last_step = last_logged_step(self.client, run_id)
         self.logged_records = 0
+        self._completions: list[dict[str, Any]] | None = None
 
     # -- TrainerCallback -------------------------------------------------------------------
     def on_train_start(self, cfg: Any, start_iteration: int) -> None:
@@ -115,8 +157,24 @@ class MlflowTrainLogger(TrainerCallback):
         self.last_step = step
         if self.logger is not None and not quiet:
             self.logger.info("iteration %d: %s", step, _summary(record))
-        if self._pending_records >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+        if record.get(COMPLETIONS_KEY):
+            # Metrics first: their last-step tag then covers this step, so a resume never appends
+            # this iteration's generations a second time (a kill in between loses them instead).
             self.flush()
+            self.log_completions(record[COMPLETIONS_KEY])
+        elif self._pending_records >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def log_completions(self, rows: list[dict[str, Any]]) -> None:
+        """Append one iteration's generations to the run's completions table (like trl's log_completions).
+
+        The table is rewritten whole rather than with log_table's own append, which reads the old rows
+        back through pandas and turns answers such as "0" or "007" into numbers.
+        """
+        if self._completions is None:   # a resumed attempt continues the table earlier attempts logged
+            self._completions = read_logged_table(self.client, self.run_id, ARTIFACT_COMPLETIONS)
+        self._completions += rows
+        log_table_replacing(self.client, self.run_id, self._completions, ARTIFACT_COMPLETIONS)
 
     def on_checkpoint(self, path: Path, iteration: int) -> None:
         self.flush()
@@ -136,6 +194,37 @@ class MlflowTrainLogger(TrainerCallback):
         self.logged_records += self._pending_records
         self._pending_records = 0
         self._last_flush = time.monotonic()
+
+
+def read_logged_table(client: MlflowClient, run_id: str, artifact_file: str) -> list[dict[str, Any]]:
+    """The rows of a table the run has logged (``log_table``'s split-orient JSON), [] when it has none.
+    Read as JSON, so every value keeps the type it was logged with."""
+    folder, name = posixpath.split(artifact_file)
+    if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}:
+        return []
+    with tempfile.TemporaryDirectory(prefix="ireasoner-table-") as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def log_table_replacing(client: MlflowClient, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """``log_table`` that replaces the run's table of that name instead of appending to it.
+
+    MlflowClient.log_table appends to an existing file (a report rebuilt on the same sweep run would
+    list every cell twice) and reads the old rows back through pandas. The first call is log_table
+    itself (which tags the file as a table for MLflow's viewer); later ones write the same split-orient
+    JSON over it. Non-finite numbers are written as null, as JSON has no NaN.
+    """
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    folder, name = posixpath.split(artifact_file)
+    if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder or None)}:
+        client.log_table(run_id, data={c: [r.get(c) for r in rows] for c in columns}, artifact_file=artifact_file)
+        return
+    finite = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="ireasoner-table-") as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps({"columns": columns, "data": [[finite(r.get(c)) for c in columns] for r in rows]}))
+        client.log_artifact(run_id, str(path), folder or None)
 
 
 def start_system_metrics(run_id: str, tracking_uri: str, log: Any = None) -> Any:

@@ -198,3 +198,130 @@ def test_system_metrics_go_to_the_sweeps_store_not_the_working_directory(tmp_pat
     keys = set(client.get_run(run_id).data.metrics)
     assert any(k.startswith("system/cpu_utilization") for k in keys), keys
     assert sorted(p.name for p in cwd.iterdir()) == []  # no stray store where the process runs
+
+
+# --------------------------------------------------------------------------- MLflow as a researcher browses it
+
+
+def test_experiments_are_made_for_the_training_view_and_printed_links_open_it(tmp_path):
+    """MLflow 3.17's UI opens its GenAI view (traces, assistant; a run under "Evaluations") unless the
+    link says workflowType=machine_learning; the experiment tag is what UIs reading the kind go by."""
+    from tasks.conventions import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND
+    from tasks.runs import experiment_url, open_client, run_url
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = open_client(uri)
+    exp = ensure_experiment(client, "fresh")
+    assert client.get_experiment(exp).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING == "custom_model_development"
+    older = client.create_experiment("older")          # made before the tag was set
+    assert ensure_experiment(client, "older") == older
+    assert client.get_experiment(older).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+    assert run_url(uri, exp, "r1") == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/r1?workflowType=machine_learning"
+    assert experiment_url(uri, exp) == f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning"
+
+
+def test_a_new_store_keeps_the_default_experiments_artifacts_beside_its_database(tmp_path, monkeypatch):
+    """MLflow writes Default's artifact location when it creates the schema: ./mlruns of the process
+    that opened the store first, a temporary folder when a Prefect worker runs the flow."""
+    from tasks.runs import open_client
+
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    monkeypatch.chdir(worker_tmp)
+    store = tmp_path / "store"
+    client = open_client(f"sqlite:///{store / 'mlflow.db'}")
+    default = client.get_experiment("0")
+    assert default.name == "Default"
+    assert default.artifact_location == (store / "mlartifacts" / "0").as_uri()
+    assert list(worker_tmp.iterdir()) == []
+
+
+def test_a_sweeps_spec_becomes_params_that_compare_can_diff(client):
+    from flows.presets import PRESETS
+    from flows.spec import ExperimentSpec
+    from tasks.runs import log_params
+    from tasks.tracking import MAX_PARAM_VALUE, spec_params
+
+    a = ExperimentSpec.model_validate(PRESETS["smoke"])
+    b = ExperimentSpec.model_validate({**PRESETS["smoke"], "iterations": 4, "variants": [
+        "baseline", {"name": "fast", "ablation": "full", "overrides": {"optim.lr": 0.01}}]})
+    exp = client.create_experiment("t")
+    params = {}
+    for name, spec in (("a", a), ("b", b)):
+        run_id = client.create_run(exp, run_name=name).info.run_id
+        log_params(client, run_id, spec_params(spec.model_dump(mode="json")))
+        params[name] = client.get_run(run_id).data.params
+    pa, pb = params["a"], params["b"]
+    assert pa["spec.iterations"] == "20" and pb["spec.iterations"] == "4"
+    assert pa["spec.variants"] == '["baseline", "full"]' and pb["spec.variants"] == '["baseline", "fast"]'
+    assert pa["spec.evaluation.limit"] == "100" and pa["spec.evaluation.protocol"] == "solver"
+    assert json.loads(pa["spec.evaluation.tasks"])[0] == "ireasoner_chartqa_mini"
+    assert pa["spec.overrides.checkpoint.every"] == "5" and pa["spec.resources.devices_per_variant"] == "1"
+    assert pb["spec.variants.fast.overrides.optim.lr"] == "0.01"
+    # What MLflow's Compare shows as differing between the two sweeps:
+    assert {k for k in pa.keys() | pb.keys() if pa.get(k) != pb.get(k)} == {
+        "spec.iterations", "spec.variants", "spec.variants.fast.ablation", "spec.variants.fast.overrides.optim.lr"}
+    # A value beyond MLflow's limit is cut to it and says where the whole spec is.
+    long = spec_params({"overrides": {"note": "x" * 10_000}})["spec.overrides.note"]
+    assert len(long) == MAX_PARAM_VALUE and long.endswith("the whole spec is the run's spec.json)")
+
+
+def _logged_table(client, run_id: str, artifact_file: str) -> list[dict]:
+    """A log_table artifact read back as rows (MlflowClient.load_table searches the default store, not the client's)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text())
+    assert {"path": artifact_file, "type": "table"} in json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def _rows(it: int, n: int = 3) -> list[dict]:
+    return [{"iteration": it, "image": "img.png", "question": "how many bars?", "rollout": j,
+             "completion": f"<think> Step 1: count. </think><answer>{j}</answer>", "answer": str(j),
+             "dominant": j == 0, "r_ans": 0.5, "r_step": 0.25, "r_sol": 0.4} for j in range(n)]
+
+
+def test_generations_are_appended_to_the_runs_completions_table_once_per_iteration(client):
+    from tasks.conventions import ARTIFACT_COMPLETIONS
+
+    exp = client.create_experiment("t")
+    run_id = client.create_run(exp).info.run_id
+    log = MlflowTrainLogger(run_id, client=client, flush_every=100, flush_seconds=1e9)
+    for it in range(1, 5):
+        log.on_iteration({**_record(it), **({"completions": _rows(it)} if it % 2 == 0 else {})})
+    # A retry resumed from checkpoint 3 redoes iteration 4: its generations are not appended twice.
+    MlflowTrainLogger(run_id, client=client).on_iteration({**_record(4), "completions": _rows(4)})
+    table = _logged_table(client, run_id, ARTIFACT_COMPLETIONS)
+    assert [r["iteration"] for r in table] == [2, 2, 2, 4, 4, 4] and [r["rollout"] for r in table] == [0, 1, 2] * 2
+    assert [r["answer"] for r in table] == ["0", "1", "2"] * 2 and [r["r_sol"] for r in table] == [0.4] * 6
+    assert not any(k.startswith("train/completions") for k in client.get_run(run_id).data.metrics)
+
+
+@pytest.mark.slow
+def test_training_hands_its_callbacks_a_table_of_generations_every_log_completions_every(tiny_cfg):
+    """The trainer (no MLflow in the core) -> record["completions"] -> the MLflow callback's table."""
+    from ireasoner_core.callbacks import read_jsonl
+    from ireasoner_core.parsing import parse_rollout
+    from ireasoner_core.trainer import train
+    from tasks.conventions import ARTIFACT_COMPLETIONS
+
+    cfg = tiny_cfg(**{"schedule.iterations": 2, "log_completions_every": 2, "log_diagnostics_every": 100})
+    store = cfg.checkpoint.output_dir.parent / "store"
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.create_experiment("t", artifact_location=(store / "artifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    train(cfg, callbacks=[MlflowTrainLogger(run_id, client=client)])
+    table = _logged_table(client, run_id, ARTIFACT_COMPLETIONS)
+    n = cfg.sampling.num_rollouts * cfg.schedule.images_per_iteration
+    assert len(table) == n and {r["iteration"] for r in table} == {2}
+    assert {"image", "question", "rollout", "completion", "answer", "dominant", "r_ans", "r_step", "r_sol",
+            "answer_entropy", "proposer_reward"} <= set(table[0])
+    assert len({r["question"] for r in table}) == 1 and table[0]["question"]
+    for r in table:
+        assert parse_rollout(r["completion"], cfg.rewards.max_reasoning_steps).answer == r["answer"]
+        assert isinstance(r["dominant"], bool) and all(isinstance(r[k], float) for k in ("r_ans", "r_step", "r_sol"))
+    # The same rows travel in metrics.jsonl, which is how a training subprocess hands them over.
+    records = read_jsonl(cfg.checkpoint.output_dir / "metrics.jsonl")
+    assert "completions" not in records[0] and len(records[1]["completions"]) == n
