@@ -4,9 +4,16 @@ Reads the variant runs of a sweep (the newest one by default), their ``eval/<tas
 per-item ``eval_samples/<task>.jsonl`` and ``train/*`` histories plus ``train/diagnostics.jsonl``,
 and writes, under ``out_dir``: ``tables/table{1,2,3}.{md,csv}``, ``report.md`` and
 ``figures/<variant>-seed<k>/figure{3,5,6,7}.png``. When there is a parent (sweep) run, the
-same files are logged on it (``report/``, ``figures/``) together with the long-format cells as
-``mlflow.log_table`` (``report/tables.json``). All numbers and drawings come from
-``ireasoner_core.reports``; this module only moves data between MLflow and those functions.
+same files are logged on it under ``report/`` (figures in ``report/figures/``) together with one
+row per table cell as ``mlflow.log_table`` (``report/tables.json``: table, method, benchmark,
+protocol, score, delta, ci_low, ci_high, n). The logged ``report/report.md`` links its figures
+through the MLflow server's ``get-artifact`` endpoint: MLflow's artifact viewer renders Markdown
+but resolves a relative image path against the UI's address, not the artifact's folder.
+
+``--compare A B`` writes its own folder (``reports/<experiment>-compare-A-vs-B`` by default), and
+refuses sweeps evaluated with different protocols unless ``--allow-mixed-protocols``.
+All numbers and drawings come from ``ireasoner_core.reports``; this module only moves data between
+MLflow and those functions.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
@@ -50,9 +58,11 @@ from tasks.conventions import (
     metric_name,
 )
 from tasks.runs import tracking_uri as default_tracking_uri
+from tasks.tracking import log_table_replacing
 
 REPORT_DIR = "report"
-REPORT_TABLE = "report/tables.json"          # mlflow.log_table of every table cell (long format)
+REPORT_TABLE = "report/tables.json"          # mlflow.log_table, one row per table cell (Table.summary_records)
+REPORT_FIGURES = f"{REPORT_DIR}/{FIGURES_DIR}"  # beside report.md, so a downloaded report/ folder is whole
 DIAGNOSTICS_ARTIFACT = "train/diagnostics.jsonl"
 PARENT_TAG = "mlflow.parentRunId"
 EXCLUDED_STATUS = {"failed", "skipped"}
@@ -183,12 +193,14 @@ def read_diagnostics(client: MlflowClient, run: Run, scratch: Path) -> list[dict
 
 
 def _report_markdown(tables: list[Table], figures: list[Path], out_dir: Path, excluded: dict[str, str],
-                     notes: list[str]) -> str:
+                     notes: list[str], link: Callable[[str], str] | None = None) -> str:
+    """The report; ``link`` turns a figure's path relative to ``out_dir`` into its address (default: that path)."""
+    link = link or (lambda rel: rel)
     lines = ["# iReasoner report", ""]
     for t in tables:
         lines += [t.to_markdown(), ""]
     if figures or notes:
-        lines += ["## Figures", ""] + [f"![{p.parent.name}/{p.stem}]({p.relative_to(out_dir).as_posix()})"
+        lines += ["## Figures", ""] + [f"![{p.parent.name}/{p.stem}]({link(p.relative_to(out_dir).as_posix())})"
                                        for p in figures] + [""] + [f"- {n}" for n in notes] + [""]
     if excluded:
         lines += ["## Runs left out", ""] + [f"- `{r}`: {why}" for r, why in excluded.items()] + [""]
@@ -243,18 +255,26 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
 
     if log_to_mlflow and parent_run_id is not None:
         if tables:
-            cells = [rec for t in tables for rec in t.records()]
-            columns = list(cells[0])
-            client.log_table(parent_run_id, data={c: [rec[c] for rec in cells] for c in columns},
-                             artifact_file=REPORT_TABLE)
+            log_table_replacing(client, parent_run_id, [r for t in tables for r in t.summary_records()],
+                                REPORT_TABLE)
             log_cell_metrics(client, parent_run_id, tables)
-        client.log_artifact(parent_run_id, str(result.report_path), REPORT_DIR)
+        with tempfile.TemporaryDirectory(prefix="ireasoner-report-md-") as tmp:
+            in_mlflow = Path(tmp) / result.report_path.name
+            in_mlflow.write_text(_report_markdown(tables, result.figures, out_dir, result.runs_excluded, result.notes,
+                                                  link=lambda rel: artifact_link(parent_run_id, f"{REPORT_DIR}/{rel}")))
+            client.log_artifact(parent_run_id, str(in_mlflow), REPORT_DIR)
         if (out_dir / "tables").is_dir():
             client.log_artifacts(parent_run_id, str(out_dir / "tables"), REPORT_DIR)
         if (out_dir / FIGURES_DIR).is_dir():
-            client.log_artifacts(parent_run_id, str(out_dir / FIGURES_DIR), FIGURES_DIR)
+            client.log_artifacts(parent_run_id, str(out_dir / FIGURES_DIR), REPORT_FIGURES)
         result.logged_to_mlflow = True
     return result
+
+
+def artifact_link(run_id: str, path: str) -> str:
+    """An artifact's address as the MLflow UI itself fetches it: relative to the UI's own address (so a
+    server with a --static-prefix works too), through the server's get-artifact endpoint."""
+    return f"get-artifact?path={quote(path, safe='')}&run_uuid={run_id}"
 
 
 def cell_metric_key(table: str, method: str, benchmark: str) -> str:
@@ -327,15 +347,27 @@ def _report_every_sweep(client: MlflowClient, experiment: str, out_dir: Path, **
     return result
 
 
+def compare_dir(experiment: str, sweeps: Sequence[str]) -> Path:
+    """``--compare``'s own folder: never ``reports/<experiment>``, which ``ireasoner report`` writes."""
+    safe = [re.sub(r"[^A-Za-z0-9_.@-]+", "_", ref) for ref in sweeps]
+    return Path("reports") / f"{experiment}-compare-{'-vs-'.join(safe)}"
+
+
 def compare_sweeps(experiment: str, tracking_uri: str | None, sweeps: Sequence[str], out_dir: Path | str,
-                   n_resamples: int = 10_000) -> ReportResult:
-    """Tables 1-3 across sweeps: one row per sweep × method, the same benchmark columns (``--compare``)."""
+                   n_resamples: int = 10_000, allow_mixed_protocols: bool = False) -> ReportResult:
+    """Tables 1-3 across sweeps: one row per sweep × method, the same benchmark columns (``--compare``).
+
+    Every cell carries the protocol its sweep was evaluated with. Scores of different protocols are
+    not comparable, so sweeps that mix them are refused unless ``allow_mixed_protocols``; each row
+    then names its protocol.
+    """
     client = MlflowClient(tracking_uri)
     out_dir = Path(out_dir)
     every = sweep_runs(client, experiment)
     chosen = [resolve_sweep(client, experiment, ref) for ref in sweeps]
     result = ReportResult(out_dir=out_dir)
     merged: dict[str, tuple[str, list[str], list[str], list[Cell]]] = {}
+    protocols: dict[str, dict[str, list[str]]] = {}   # table -> sweep label -> its protocols
     with tempfile.TemporaryDirectory(prefix="ireasoner-compare-") as scratch:
         for s in chosen:
             label = _sweep_label(s, every)
@@ -351,14 +383,26 @@ def compare_sweeps(experiment: str, tracking_uri: str | None, sweeps: Sequence[s
                 benchmarks += [b for b in t.benchmarks if b not in benchmarks and b != AVERAGE]
                 cells += [c.model_copy(update={"method": f"{label}/{c.method}",
                                                "method_label": f"{label}: {c.method_label}"}) for c in t.cells]
+                protocols.setdefault(t.name, {})[label] = t.protocols
     if not merged:
         raise ReportError(f"--compare {' '.join(sweeps)}: no chosen sweep has evaluated variant runs")
+    for name, by_sweep in protocols.items():
+        if len({p for ps in by_sweep.values() for p in ps}) > 1 and not allow_mixed_protocols:
+            used = "; ".join(f"{label}: {', '.join(ps)}" for label, ps in by_sweep.items())
+            raise ReportError(f"--compare {' '.join(sweeps)}: {name} would mix evaluation protocols ({used}), whose "
+                              "scores are not comparable; pass --allow-mixed-protocols to show them with the "
+                              "protocol on every row")
     tables = []
     for name, (title, methods, benchmarks, cells) in merged.items():
+        used = sorted({p for ps in protocols[name].values() for p in ps})
+        notes = ["rows are <sweep>/<method>; ranks are within each sweep; a blank cell: that sweep did not "
+                 "evaluate the benchmark"]
+        if len(used) > 1:
+            notes.append(f"evaluation protocols {', '.join(used)} are mixed in this table (each row says its own); "
+                         "scores of different protocols are not comparable.")
         tables.append(Table(name=name, title=f"{title} (sweeps {', '.join(_sweep_label(s, every) for s in chosen)})",
-                            methods=methods, benchmarks=[*benchmarks, AVERAGE], cells=cells,
-                            notes=["rows are <sweep>/<method>; ranks are within each sweep; a blank cell: that "
-                                   "sweep did not evaluate the benchmark"]))
+                            methods=methods, benchmarks=[*benchmarks, AVERAGE], cells=cells, notes=notes,
+                            protocols=used))
     for t in tables:
         result.tables[t.name] = list(t.write(out_dir / "tables"))
     result.report_path = out_dir / "report.md"
@@ -379,17 +423,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", metavar="SWEEP", default=None,
                         help="one table 1/2/3 across these sweeps (sweep run ids or names; a name means its "
                              "newest run): rows are <sweep>/<method>")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default reports/<experiment>)")
+    parser.add_argument("--allow-mixed-protocols", action="store_true",
+                        help="with --compare: put sweeps evaluated with different protocols in one table, each "
+                             "row naming its protocol (refused otherwise: their scores are not comparable)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where to write (default reports/<experiment>; with --compare "
+                             "reports/<experiment>-compare-<A>-vs-<B>)")
     parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
     parser.add_argument("--no-paper-rows", action="store_true", help="leave out the paper's reference rows")
     parser.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (default 10000)")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    out_dir = args.out_dir or Path("reports") / args.experiment
+    out_dir = args.out_dir or (compare_dir(args.experiment, args.compare) if args.compare
+                               else Path("reports") / args.experiment)
     # The same store the flow writes to when nothing is configured.
     uri = args.tracking_uri or default_tracking_uri()
     try:
         if args.compare:
-            res = compare_sweeps(args.experiment, uri, args.compare, out_dir, n_resamples=args.resamples)
+            res = compare_sweeps(args.experiment, uri, args.compare, out_dir, n_resamples=args.resamples,
+                                 allow_mixed_protocols=args.allow_mixed_protocols)
         else:
             res = build_report(args.experiment, uri, out_dir, args.parent_run_id, all_runs=args.all_runs,
                                log_to_mlflow=not args.no_log, reference_rows=not args.no_paper_rows,

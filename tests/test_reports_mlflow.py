@@ -147,19 +147,68 @@ def test_failed_runs_are_left_out_and_said_so(store, report):
     assert "no_warmup" not in report.report_path.read_text().split("## Runs left out")[0]
 
 
-def test_log_table_on_the_parent_matches_the_csv(store, report):
-    _, client, parent, _, tmp = store
-    local = client.download_artifacts(parent, REPORT_TABLE, str(tmp / "dl"))
+def _logged_table(client, run_id, tmp):
+    local = client.download_artifacts(run_id, REPORT_TABLE, str(tmp))
     table = json.loads(Path(local).read_text())
-    cols = table["columns"]
-    logged = [dict(zip(cols, row)) for row in table["data"]]
+    return [dict(zip(table["columns"], row)) for row in table["data"]], table["columns"]
+
+
+def test_log_table_on_the_parent_has_one_row_per_cell_as_the_csv(store, report):
+    _, client, parent, _, tmp = store
+    logged, columns = _logged_table(client, parent, tmp / "dl")
+    # The columns MLflow's table view filters and sorts on, in this order.
+    assert columns[:9] == ["table", "method", "benchmark", "protocol", "score", "delta", "ci_low", "ci_high", "n"]
+    assert {"path": REPORT_TABLE, "type": "table"} in json.loads(
+        client.get_run(parent).data.tags["mlflow.loggedArtifacts"])
     csv_rows = [r for t in report.tables.values() for r in csv.DictReader(io.StringIO(t[1].read_text()))]
     assert len(logged) == len(csv_rows)
+
+    def num(v):
+        return None if v == "" else float(v)
     for lg, cr in zip(logged, csv_rows):
-        assert lg["method"] == cr["method"] and lg["benchmark"] == cr["benchmark"]
-        assert (lg["mean"] is None and cr["mean"] == "") or lg["mean"] == pytest.approx(float(cr["mean"]))
+        assert (lg["table"], lg["method"], lg["benchmark"], lg["protocol"]) == (
+            cr["table"], cr["method"], cr["benchmark"], cr["protocol"])
+        for col, field in (("score", "mean"), ("delta", "delta"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
+                           ("n", "n_items")):
+            assert lg[col] == (None if num(cr[field]) is None else pytest.approx(num(cr[field]))), (col, lg)
+    full = next(r for r in logged if (r["table"], r["method"], r["benchmark"]) == ("table1", "full", A))
+    assert full["delta"] == pytest.approx(30.0) and full["n"] == 5 and full["ci_low"] <= 30.0 <= full["ci_high"]
     names = {f.path for f in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/table1.md", "report/table1.csv"} <= names
+
+
+def test_the_report_in_mlflow_shows_its_figures(store, report, monkeypatch):
+    """MLflow's artifact viewer renders report.md with the page's address as the base of relative
+    links: each figure link must be one the MLflow server answers with that PNG."""
+    import re
+    from urllib.parse import urljoin
+
+    from mlflow.server import app, handlers
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    uri, client, parent, _, tmp = store
+    md = Path(client.download_artifacts(parent, "report/report.md", str(tmp / "md"))).read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == len(report.figures) == 4
+    monkeypatch.setattr(handlers, "_tracking_store", _get_store(uri))   # the server `mlflow ui` would run
+    server = app.test_client()
+    ui_page = "http://127.0.0.1:5000/#/experiments/1/runs/x/artifacts/report/report.md"
+    for link in links:
+        assert link.startswith("get-artifact?path=report%2Ffigures%2F") and link.endswith(f"&run_uuid={parent}")
+        reply = server.get(urljoin(ui_page, link))
+        assert reply.status_code == 200 and reply.mimetype == "image/png" and reply.data[:4] == b"\x89PNG"
+    # The local report links the local files.
+    local = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.report_path.read_text())
+    assert sorted(local) == sorted(p.relative_to(report.out_dir).as_posix() for p in report.figures)
+    assert all((report.out_dir / rel).is_file() for rel in local)
+
+
+def test_a_report_rebuilt_on_the_same_sweep_replaces_its_table(store, report):
+    uri, client, parent, _, tmp = store
+    before, _ = _logged_table(client, parent, tmp / "before")
+    build_report(EXPERIMENT, uri, tmp / "again", parent, n_resamples=200)
+    after, _ = _logged_table(client, parent, tmp / "after")
+    assert len(after) == len(before)   # log_table alone would have appended a second copy of every cell
 
 
 def test_figures_are_pngs_that_open(report):

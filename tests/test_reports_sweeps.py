@@ -138,3 +138,52 @@ def test_a_reused_run_of_an_earlier_sweep_keeps_its_row(store):
     rows = {(r["method"], r["benchmark"]): r for r in csv.DictReader(res.tables["table1"][1].open())}
     assert float(rows[("full", A)]["mean"]) == pytest.approx(_mean(SWEEPS["wide"]["full"]))
     assert store["children"][("wide", "full")] in res.runs_used
+
+
+def _sweep(store, name, protocol, variants):
+    """One more sweep whose runs were evaluated with ``protocol``."""
+    client = store["client"]
+    parent = client.create_run(store["exp"], run_name=name, tags={TAG_KIND: KIND_SWEEP}).info.run_id
+    for variant, items in variants.items():
+        rid = client.create_run(store["exp"], run_name=f"{variant}-s0", tags={
+            "mlflow.parentRunId": parent, TAG_KIND: KIND_VARIANT, TAG_VARIANT: variant, TAG_SEED: "0",
+            TAG_STATUS: "finished"}).info.run_id
+        path = store["tmp"] / f"{rid}-{A}.jsonl"
+        path.write_text("".join(json.dumps({"doc_id": i, "score": float(s)}) + "\n" for i, s in enumerate(items)))
+        log_eval_result(client, rid, EvalResult(model="embedded", tasks=[A], scores={A: _mean(items)}, metrics={},
+                                                samples={A: path}, protocol=protocol))
+    return parent
+
+
+def test_compare_writes_its_own_folder_and_names_the_protocol(store, monkeypatch):
+    """`report --compare` used to write reports/<experiment>/ over `ireasoner report`'s output, with
+    a header saying "Evaluation protocol: —" although every run had one."""
+    monkeypatch.chdir(store["tmp"])
+    assert main(["--tracking-uri", store["uri"], "--no-log", "--resamples", "50"]) == 0
+    report = store["tmp"] / "reports" / EXPERIMENT
+    own = (report / "report.md").read_text()
+    assert main(["--tracking-uri", store["uri"], "--compare", "wide", "narrow", "--resamples", "50"]) == 0
+    assert (report / "report.md").read_text() == own            # `ireasoner report`'s files untouched
+    cmp = store["tmp"] / "reports" / f"{EXPERIMENT}-compare-wide-vs-narrow"
+    md = (cmp / "tables" / "table1.md").read_text()
+    assert "Evaluation protocol: lmms_eval (" in md and "Evaluation protocol: —" not in md
+    assert "[lmms_eval]" not in md                                # one protocol: said once, in the header
+    assert {r["protocol"] for r in csv.DictReader((cmp / "tables" / "table1.csv").open())} == {"lmms_eval"}
+
+
+def test_compare_refuses_mixed_protocols_unless_asked_then_names_each_rows(store, capsys):
+    _sweep(store, "prompted", "solver", {"baseline": [0, 100, 0, 0, 0], "full": [100, 100, 0, 0, 0]})
+    out = store["tmp"] / "mixed"
+    assert main(["--tracking-uri", store["uri"], "--compare", "wide", "prompted", "--out-dir", str(out),
+                 "--resamples", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "wide: lmms_eval" in err and "prompted: solver" in err and "--allow-mixed-protocols" in err
+    assert not out.exists()
+    assert main(["--tracking-uri", store["uri"], "--compare", "wide", "prompted", "--out-dir", str(out),
+                 "--resamples", "50", "--allow-mixed-protocols"]) == 0
+    md = (out / "tables" / "table1.md").read_text()
+    assert "Evaluation protocol: lmms_eval (" in md and "solver (" in md
+    assert "| wide: iReasoner (full) [lmms_eval] |" in md and "| prompted: Base model [solver] |" in md
+    rows = {r["method"]: r["protocol"] for r in csv.DictReader((out / "tables" / "table1.csv").open())}
+    assert rows["wide/full"] == "lmms_eval" and rows["prompted/baseline"] == "solver"

@@ -228,3 +228,20 @@ def test_a_column_with_one_score_does_not_stop_the_ranking_of_the_next():
     t = build_table("t", "t", runs, ["baseline", "soft_only", "full"], tasks=[A, B])
     assert t.cell("soft_only", A).rank is None   # alone in its column
     assert [t.cell(m, B).rank for m in ("soft_only", "full", "baseline")] == [1, 2, None]
+
+
+def test_a_table_of_mixed_protocols_names_each_rows_protocol_and_lists_its_cells_for_mlflow():
+    base = VariantRun(variant="baseline", scores={A: 10.0}, items={A: {"0": 0.0, "1": 20.0}}, protocol="solver")
+    full = VariantRun(variant="full", scores={A: 30.0}, items={A: {"0": 20.0, "1": 40.0}}, protocol="lmms_eval")
+    mixed = build_table("table1", "t", [base, full], ["baseline", "full"], n_resamples=50)
+    md = mixed.to_markdown()
+    assert "| Base model [solver] |" in md and "| iReasoner (full) [lmms_eval] |" in md
+    one = build_table("table1", "t", [base, full.model_copy(update={"protocol": "solver"})], ["baseline", "full"],
+                      n_resamples=50)
+    assert "[solver]" not in one.to_markdown() and "Evaluation protocol: solver (" in one.to_markdown()
+    rows = {(r["method"], r["benchmark"]): r for r in mixed.summary_records()}
+    assert list(rows[("full", A)]) == ["table", "method", "benchmark", "protocol", "score", "delta", "ci_low",
+                                       "ci_high", "n", "std", "seeds"]
+    assert rows[("full", A)]["protocol"] == "lmms_eval" and rows[("full", A)]["score"] == 30.0
+    assert rows[("full", A)]["delta"] == 20.0 and rows[("full", A)]["n"] == 2
+    assert rows[("baseline", A)]["delta"] is None and len(rows) == len(mixed.cells)

@@ -94,6 +94,14 @@ class Table(BaseModel):
     def records(self) -> list[dict]:
         return [c.model_dump() for c in self.cells]
 
+    def summary_records(self) -> list[dict]:
+        """One row per cell with the columns a reader filters and sorts on (MLflow's table view):
+        table, method, benchmark, protocol, score, delta, ci_low, ci_high, n (items in the paired
+        interval), then std and seeds. The CSV keeps every field of a cell."""
+        return [{"table": c.table, "method": c.method, "benchmark": c.benchmark, "protocol": c.protocol,
+                 "score": c.mean, "delta": c.delta, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n_items,
+                 "std": c.std, "seeds": c.n_seeds} for c in self.cells]
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(Cell.model_fields), lineterminator="\n")
@@ -112,6 +120,8 @@ class Table(BaseModel):
             cells = [self.cell(m, b) for b in self.benchmarks]
             first = next((c for c in cells if c is not None), None)
             name = first.method_label if first else m
+            if first is not None and len(self.protocols) > 1:   # mixed protocols: every row says its own
+                name += f" [{first.protocol}]"
             seeds = "" if first is None or first.reference else str(max(c.n_seeds for c in cells if c) or "")
             lines.append("| " + " | ".join([name, seeds, *(_fmt_score(c) for c in cells)]) + " |")
             if any(c is not None and c.delta is not None for c in cells):
