@@ -67,18 +67,24 @@ def main(argv: list[str] | None = None) -> int:
             its = "-" if row["iterations"] is None else row["iterations"]
             print(f"  {row['variant']:<20} seed {row['seed']}  {row['status']:<8} iterations {its:<5} {scores}\n"
                   f"      {row['mlflow_url']}")
-    print(_how_to_look(uri))
+    print(_how_to_look(uri, state.result()["experiment_id"] if state.is_completed() else None))
     return 0 if state.is_completed() else 1
 
 
-def _how_to_look(uri: str) -> str:
+def _how_to_look(uri: str, experiment_id: str | None = None) -> str:
+    from tasks.conventions import UI_WORKFLOW_PARAM
+    from tasks.runs import experiment_url, ui_base_url
+
     prefect_api = os.environ.get("PREFECT_API_URL")
+    # The training view: MLflow 3.17 opens a fresh browser on its GenAI view (tasks/conventions.py).
+    mlflow_page = (experiment_url(uri, experiment_id) if experiment_id is not None
+                   else f"{ui_base_url(uri)}/#/?{UI_WORKFLOW_PARAM}")
     lines = ["", "To look at what this run wrote:"]
     if uri.startswith("sqlite:"):
         lines.append(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
-                     "   then open http://127.0.0.1:5000 (experiment 'ireasoner')")
+                     f"   then open {mlflow_page}")
     else:
-        lines.append(f"  MLflow UI:  open {uri}")
+        lines.append(f"  MLflow UI:  open {mlflow_page}")
     if prefect_api:
         lines.append(f"  Prefect UI: open {prefect_api.removesuffix('/api')}")
     else:

@@ -218,6 +218,10 @@ def test_experiments_are_made_for_the_training_view_and_printed_links_open_it(tm
     assert client.get_experiment(older).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
     assert run_url(uri, exp, "r1") == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/r1?workflowType=machine_learning"
     assert experiment_url(uri, exp) == f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning"
+    from flows.run import _how_to_look   # what `python -m flows.run` prints at the end
+
+    assert f"then open {experiment_url(uri, exp)}" in _how_to_look(uri, exp)
+    assert "open http://mlflow:5000/#/?workflowType=machine_learning" in _how_to_look("http://mlflow:5000")
 
 
 def test_a_new_store_keeps_the_default_experiments_artifacts_beside_its_database(tmp_path, monkeypatch):
