@@ -74,7 +74,8 @@ def test_killed_training_resumes_from_its_checkpoint_on_retry(harness, store, tm
     from flows.ireasoner import ireasoner
 
     runs = tmp_path / "runs"
-    spec = {"name": "resume", "iterations": 6, "runs_dir": str(runs), "overrides": TINY, "variants": ["full"],
+    spec = {"name": "resume", "iterations": 6, "runs_dir": str(runs), "overrides": {**TINY, "log_completions_every": 3},
+            "variants": ["full"],
             "images": {"synthetic_images": 4},
             "resources": {"launcher": "subprocess", "retries": 1, "retry_delay_seconds": 0}}
     killed: list[int] = []
@@ -100,6 +101,11 @@ def test_killed_training_resumes_from_its_checkpoint_on_retry(harness, store, tm
     (out,) = runs.glob("resume/full-s0-*")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6
+    # The generations of iterations 3 and 6 (2 rollouts each) reached the training run's table from the
+    # subprocess's JSONL, each once although the retry redid iterations after the checkpoint.
+    table = store.load_table(child.info.experiment_id, run_ids=[child.info.run_id],
+                             artifact_file="train/completions.json")
+    assert sorted(table["iteration"].tolist()) == [3, 3, 6, 6] and table["completion"].map(bool).all()
 
 
 def test_a_failed_variant_does_not_stop_the_others(harness, store, tmp_path):
@@ -116,6 +122,11 @@ def test_a_failed_variant_does_not_stop_the_others(harness, store, tmp_path):
     exp = store.get_experiment_by_name(EXPERIMENT)
     (parent,) = store.search_runs([exp.experiment_id], "tags.`ireasoner.kind` = 'sweep'")
     assert "broken-s0" in parent.data.tags[TAG_FAILED_VARIANTS]
+    # The sweep's spec as params, what MLflow's Compare diffs between sweeps.
+    params = parent.data.params
+    assert params["spec.iterations"] == "2" and params["spec.variants"] == '["broken", "soft_only"]'
+    assert params["spec.variants.broken.overrides.model.name_or_path"] == str(tmp_path / "no-model")
+    assert params["spec.overrides.sampling.num_rollouts"] == "2"
     assert parent.info.status == "FAILED"
     children = _children(store, parent.info.run_id)
     assert children["soft_only"].info.status == "FINISHED"

@@ -212,14 +212,14 @@ def test_experiments_are_made_for_the_training_view_and_printed_links_open_it(tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = open_client(uri)
     exp = ensure_experiment(client, "fresh")
-    assert client.get_experiment(exp).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING == "custom_model_development"
+    kind = client.get_experiment(exp).tags[TAG_EXPERIMENT_KIND]
+    assert kind == EXPERIMENT_KIND_TRAINING == "custom_model_development"
     older = client.create_experiment("older")          # made before the tag was set
     assert ensure_experiment(client, "older") == older
     assert client.get_experiment(older).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
     assert run_url(uri, exp, "r1") == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/r1?workflowType=machine_learning"
     assert experiment_url(uri, exp) == f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning"
-    from flows.run import _how_to_look   # what `python -m flows.run` prints at the end
-
+    from flows.run import _how_to_look  # what `python -m flows.run` prints at the end
     assert f"then open {experiment_url(uri, exp)}" in _how_to_look(uri, exp)
     assert "open http://mlflow:5000/#/?workflowType=machine_learning" in _how_to_look("http://mlflow:5000")
 
@@ -277,7 +277,8 @@ def _logged_table(client, run_id: str, artifact_file: str) -> list[dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         table = json.loads(Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text())
-    assert {"path": artifact_file, "type": "table"} in json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    tagged = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": artifact_file, "type": "table"} in tagged   # MLflow's viewer shows it as a table
     return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
