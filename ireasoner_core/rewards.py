@@ -1,9 +1,11 @@
 """SPEC.md "Rewards" and "Updates" (eq. 1-8) as pure functions, plus figure 7's diagnostics.
 
 Inputs are parsed rollouts (``parsing.ParsedRollout``) and per-rollout step embeddings; the
-outputs are Python floats, so the trainer can log them as they are. Every function returns
-finite numbers on empty input (no rollouts, rollouts without steps); only ``leave_one_out``,
-a diagnostic, marks undefined entries with NaN.
+outputs are Python floats, so the trainer can log them as they are. Every reward is a finite
+number on empty input (no rollouts, rollouts without steps). Diagnostics with nothing to measure
+are NaN, never 0: ``mean_step_cos`` when no step position has ``min_group`` members of G (|G| below
+it, or rollouts without steps), and the undefined entries of ``leave_one_out``. A 0 there would read
+as "the steps disagree".
 
 Choices SPEC.md leaves open, pinned by tests/test_rewards.py:
 
@@ -110,7 +112,7 @@ class StepAgreement:
     positions_used: int
     """Step positions j with at least min_group members in G (the figure 5 signal)."""
     mean_step_cos: float
-    """Mean raw cosine cos(e_i,j, mu_j) over the used (i, j) with i in G; 0 if none."""
+    """Mean raw cosine cos(e_i,j, mu_j) over the used (i, j) with i in G; NaN if none (nothing measured)."""
     rho: float
 
 
@@ -121,7 +123,7 @@ def step_agreement(step_embeddings: Sequence[torch.Tensor], group: Sequence[int]
     rho = density_factor(len(group), n, cfg.gamma_density)
     r_step = [0.0] * n
     if len(group) < cfg.min_group or not group:
-        return StepAgreement(r_step, 0, 0.0, rho)
+        return StepAgreement(r_step, 0, math.nan, rho)
     depth = max(e.shape[0] for e in steps.values())
     w = position_weights(depth, cfg.position_decay).tolist()
     weighted = dict.fromkeys(group, 0.0)
@@ -142,7 +144,7 @@ def step_agreement(step_embeddings: Sequence[torch.Tensor], group: Sequence[int]
     for i in group:
         if weight_sum[i] > 0.0:
             r_step[i] = rho * weighted[i] / weight_sum[i]
-    mean_cos = sum(cosines) / len(cosines) if cosines else 0.0
+    mean_cos = sum(cosines) / len(cosines) if cosines else math.nan
     return StepAgreement(r_step, positions_used, mean_cos, rho)
 
 
@@ -235,6 +237,7 @@ class SolverRewards:
     r_sol: list[float]
     positions_used: int
     mean_step_cos: float
+    """NaN when no step pair was compared (``StepAgreement.mean_step_cos``)."""
     mean_steps_per_rollout: float
     lam: float
     tagged_fraction: float = 0.0

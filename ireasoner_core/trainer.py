@@ -404,13 +404,14 @@ class Trainer:
     def _record(self, t, lam, per_image, r_prop, parsed, sol_batches, prop_batches, sol, prop, prop_updated,
                 questions, timer) -> dict[str, Any]:
         mean = lambda xs: float(np.mean(xs)) if len(xs) else 0.0  # noqa: E731
+        step_cos, step_cos_images = defined_mean([sr.mean_step_cos for sr in per_image])
         numeric = {
             "lambda": lam,
             "proposer_reward": mean(r_prop),
             "answer_entropy": mean([sr.entropy for sr in per_image]),
             "majority_density": mean([sr.majority_density for sr in per_image]),
             "group_size": mean([sr.group_size for sr in per_image]),
-            "mean_step_cos": mean([sr.mean_step_cos for sr in per_image]),
+            "mean_step_cos": step_cos,   # over the images that compared steps; NaN (null in JSONL) if none
             "r_ans_mean": mean([x for sr in per_image for x in sr.r_ans]),
             "r_step_mean": mean([x for sr in per_image for x in sr.r_step]),
             "r_sol_mean": mean([x for sr in per_image for x in sr.r_sol]),
@@ -422,11 +423,15 @@ class Trainer:
             "grad_norm_proposer": prop.grad_norm, "baseline_proposer": self.state["proposer"].baseline,
             "tagged_fraction": mean([1.0 if p.has_answer_tag else 0.0 for p in parsed]),
         }
-        if self.world > 1:      # every process's signals, averaged
+        if self.world > 1:      # every process's signals, averaged over the processes that measured them
             keys = list(numeric)
-            vals = torch.tensor([numeric[k] for k in keys], dtype=torch.float64, device=self.acc.device)
-            vals = self.acc.reduce(vals, "mean").cpu().tolist()
-            numeric = dict(zip(keys, vals))
+            # weight: 1 per process, mean_step_cos by its images that have it; an undefined value weighs 0
+            weights = [0.0 if not math.isfinite(numeric[k]) else
+                       float(step_cos_images) if k == "mean_step_cos" else 1.0 for k in keys]
+            sums = [numeric[k] * w if w else 0.0 for k, w in zip(keys, weights)]
+            vals = torch.tensor(sums + weights, dtype=torch.float64, device=self.acc.device)
+            vals = self.acc.reduce(vals, "sum").cpu().tolist()
+            numeric = {k: s / w if w else math.nan for k, s, w in zip(keys, vals[:len(keys)], vals[len(keys):])}
         tokens = lambda bs, mask: int(sum(getattr(b, mask).sum().item() for b in bs))  # noqa: E731
         record = {
             "iteration": t, **numeric,
@@ -520,6 +525,16 @@ class _PhaseTimer:
         out = {f"seconds_{k}": v for k, v in self._s.items()}
         out["seconds"] = sum(self._s.values())
         return out
+
+
+def defined_mean(values: Sequence[float]) -> tuple[float, int]:
+    """Mean of the finite values and how many there are; (NaN, 0) when none is.
+
+    For per-image signals that an image may not have (``mean_step_cos`` where no step position had
+    ``min_group`` members of G): an image that measured nothing neither counts as 0 nor drags the mean.
+    """
+    defined = [float(v) for v in values if math.isfinite(v)]
+    return (math.fsum(defined) / len(defined), len(defined)) if defined else (math.nan, 0)
 
 
 def image_slot(iteration: int, rank: int, k: int, *, world: int, per_process: int,

@@ -119,13 +119,14 @@ def test_step_agreement_min_group_skips_thin_positions() -> None:
     assert a.mean_step_cos == approx(0.745356)  # (0.894427 * 2 + 0.447214) / 3
 
     a = step_agreement(SCENE, GROUP, 4, RewardConfig(min_group=4))  # |G| = 3 < 4: nothing
-    assert (a.r_step, a.positions_used, a.mean_step_cos) == ([0.0] * 4, 0, 0.0)
+    assert (a.r_step, a.positions_used) == ([0.0] * 4, 0)
+    assert math.isnan(a.mean_step_cos)  # nothing compared: undefined, not a cosine of 0
     assert a.rho == approx(RHO)  # still reported as a signal
 
 
 def test_step_agreement_group_of_one() -> None:
     a = step_agreement(SCENE, [1], 4, RewardConfig(min_group=2))
-    assert a.r_step == [0.0] * 4 and a.positions_used == 0
+    assert a.r_step == [0.0] * 4 and a.positions_used == 0 and math.isnan(a.mean_step_cos)
     # with min_group = 1 the single member is its own prototype: cos 1 -> r01 1 -> r = rho = 0.25^0.7
     a = step_agreement(SCENE, [1], 4, RewardConfig(min_group=1))
     assert a.r_step == approx([0.0, 0.378929, 0.0, 0.0])
@@ -144,11 +145,11 @@ def test_step_agreement_density_zero_means_rho_one() -> None:
     assert a.r_step == approx([0.973607, 0.861803, HI, 0.0])
 
 
-def test_step_agreement_empty_inputs_are_finite() -> None:
+def test_step_agreement_empty_inputs_give_finite_rewards_and_no_cosine() -> None:
     a = step_agreement([], [], 0, RewardConfig())
-    assert (a.r_step, a.positions_used, a.mean_step_cos, a.rho) == ([], 0, 0.0, 0.0)
+    assert (a.r_step, a.positions_used, a.rho) == ([], 0, 0.0) and math.isnan(a.mean_step_cos)
     a = step_agreement([torch.zeros(0, 2), torch.empty(0), torch.zeros(0, 2)], [0, 1, 2], 3, RewardConfig())
-    assert (a.r_step, a.positions_used, a.mean_step_cos) == ([0.0, 0.0, 0.0], 0, 0.0)
+    assert (a.r_step, a.positions_used) == ([0.0, 0.0, 0.0], 0) and math.isnan(a.mean_step_cos)
     assert a.rho == 1.0
 
 
@@ -277,16 +278,17 @@ def test_solver_rewards_all_distinct_answers() -> None:
     assert s.entropy == approx(math.log(3))
 
 
-def test_solver_rewards_empty_inputs_are_nan_free() -> None:
+def test_solver_rewards_empty_inputs_give_finite_rewards_and_no_cosine() -> None:
     s = solver_rewards([], [], 0.5, RewardConfig())
     assert (s.group, s.r_ans, s.r_step, s.r_sol) == ([], [], [], [])
-    for value in (s.entropy, s.majority_density, s.rho, s.mean_step_cos, s.mean_steps_per_rollout,
+    for value in (s.entropy, s.majority_density, s.rho, s.mean_steps_per_rollout,
                   s.r_ans_mean, s.r_step_mean, s.r_sol_mean, s.tagged_fraction):
         assert value == 0.0
+    assert math.isnan(s.mean_step_cos)  # a diagnostic with nothing to measure is undefined, not 0
 
     parsed = [parse_rollout("<answer>7</answer>", 8)] * 3  # agreement but no steps at all
     s = solver_rewards(parsed, [torch.zeros(0, 2)] * 3, 0.5, RewardConfig())
-    assert s.r_step == [0.0] * 3 and s.positions_used == 0 and s.mean_step_cos == 0.0
+    assert s.r_step == [0.0] * 3 and s.positions_used == 0 and math.isnan(s.mean_step_cos)
     assert s.r_sol == approx([0.5] * 3)  # 0.5 * 1^0.7 + 0.5 * 0
     assert all(math.isfinite(v) for v in s.r_sol)
 

@@ -151,3 +151,42 @@ def test_paper_config_is_the_papers_schedule_and_the_8_gpu_config_is_not(tmp_pat
     assert slots == list(range(2500))
     fast = load_config(configs / "qwen2.5-vl-7b.yaml", images)
     assert fast.schedule.update_mode == "batched"
+
+
+# ----------------------------------------------------------------------------- undefined signals (issue 28)
+def test_an_image_that_compared_no_steps_has_no_mean_step_cos_rather_than_a_zero(tiny_cfg, monkeypatch):
+    """mean_step_cos of an image whose dominant group is below min_group is undefined: the iteration's
+    mean runs over the images that have it, an iteration where none has it writes null to metrics.jsonl,
+    and the figures get no point there. (Before: such images counted as 0.0, drawn as collapses to 0.)"""
+    import math
+
+    import ireasoner_core.trainer as trainer_module
+    from ireasoner_core.reports.figures import history_from_records
+    from ireasoner_core.trainer import defined_mean, train
+
+    real, seen = trainer_module.solver_rewards, []
+
+    def solver_rewards(parsed, embeds, lam, rules):
+        # The real rewards; image 0 of iteration 1 and both images of iteration 2 are scored with a
+        # min_group that no group reaches, so they compare no steps (as |G| = 1 does).
+        if len(seen) != 1:
+            rules = rules.model_copy(update={"min_group": len(parsed) + 1})
+        seen.append(real(parsed, embeds, lam, rules))
+        return seen[-1]
+
+    monkeypatch.setattr(trainer_module, "solver_rewards", solver_rewards)
+    result = train(tiny_cfg(**{"schedule.iterations": 2, "schedule.images_per_iteration": 2,
+                               "sampling.solver_max_new_tokens": 24, "sampling.proposer_max_new_tokens": 12}))
+    assert len(seen) == 4 and math.isnan(seen[0].mean_step_cos) and math.isnan(seen[2].mean_step_cos)
+    lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # iteration 1: image 1's value alone (or nothing, if it compared no steps either); never (0 + v) / 2
+    only = seen[1].mean_step_cos
+    expected = None if math.isnan(only) else pytest.approx(only)
+    assert records[0]["mean_step_cos"] == expected
+    # iteration 2: no image compared steps: null (JSON has no NaN), not 0.0, and no point in the figures
+    assert records[1]["mean_step_cos"] is None and '"mean_step_cos": null' in lines[1]
+    points = history_from_records(records).get("mean_step_cos", [])
+    assert all(it != 2 for it, _ in points)
+    assert defined_mean([0.8, math.nan, 0.6]) == (pytest.approx(0.7), 2)
+    assert math.isnan(defined_mean([math.nan])[0]) and defined_mean([])[1] == 0
