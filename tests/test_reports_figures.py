@@ -28,6 +28,38 @@ def test_history_keeps_numeric_signals_per_iteration():
     h = history_from_records([{"iteration": 2, "lambda": 0.1, "question": "q", "proposer_updated": True},
                               {"iteration": 1, "lambda": 0.0, "answers": ["a"]}])
     assert h == {"lambda": [(1, 0.0), (2, 0.1)]}
+    # an unmeasured signal (null in metrics.jsonl) is no point, not a 0
+    h = history_from_records([{"iteration": 1, "mean_step_cos": 0.5}, {"iteration": 2, "mean_step_cos": None}])
+    assert h == {"mean_step_cos": [(1, 0.5)]}
+
+
+def test_an_unmeasured_iteration_has_no_point_and_the_curve_breaks_there(tmp_path, monkeypatch):
+    """Issue 28: mean_step_cos is undefined where no dominant group compared steps; figure 3 drew a line
+    through such iterations (and, before, a point at 0)."""
+    import math
+
+    import matplotlib.axes
+
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(self, x, y, *args, **kwargs):
+        drawn.append((list(x), list(y), kwargs.get("label")))
+        return real_plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    history = {"majority_density": [(t, 0.5) for t in range(1, 6)],
+               "mean_step_cos": [(1, 0.9), (2, 0.8), (4, 0.7), (5, float("nan"))]}
+    plot_training_figure("figure3", history, tmp_path / "figure3.png")
+    raw = [(x, y) for x, y, label in drawn if label is None]
+    step_cos_x, step_cos_y = raw[-1]            # drawn in panel order: majority_density, then mean_step_cos
+    defined = [(x, y) for x, y in zip(step_cos_x, step_cos_y) if not math.isnan(x)]
+    assert defined == [(1, 0.9), (2, 0.8), (4, 0.7)]            # no point at 3 (missing) nor at 5 (NaN)
+    gap = step_cos_x.index(4) - 1
+    assert math.isnan(step_cos_x[gap]) and math.isnan(step_cos_y[gap])   # the pen lifts between 2 and 4
+    smooth = [(x, y, label) for x, y, label in drawn if label == "mean_step_cos"]
+    assert len(smooth) == 1 and all(math.isnan(y) for x, y in zip(*smooth[0][:2]) if math.isnan(x))
+    assert not any(math.isnan(x) for x in raw[0][0])             # a signal measured throughout: one piece
 
 
 def test_pick_diagnostic_names_what_is_missing():

@@ -4,7 +4,10 @@ Inputs are plain data: ``history`` maps a metrics.jsonl key (docs/architecture.m
 ``proposer_reward``) to its (iteration, value) points, as logged under ``train/<key>`` in
 MLflow; figure 7 takes one record of the run's ``diagnostics.jsonl``. Each function writes one
 PNG and returns its path. Curves are drawn raw (faint) with a centred moving average on top,
-since single-image iterations are noisy; the window is about 5 % of the run.
+since single-image iterations are noisy; the window is about 5 % of the run. A signal that was not
+measured at an iteration (no point in MLflow, null in metrics.jsonl, NaN) has no point there, and
+its curve breaks across the gap rather than drawing a line through it (``mean_step_cos`` is
+undefined where no dominant group had two rollouts with a step to compare: it is not 0).
 """
 
 from __future__ import annotations
@@ -75,6 +78,28 @@ def _smooth(y: np.ndarray) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
+def _with_gaps(points: Sequence[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, raw y, smoothed y) of the defined points, with a NaN where iterations are missing.
+
+    The regular spacing is the smallest step between defined iterations (1, or the logging interval);
+    a larger step is a gap, where matplotlib then lifts the pen. Smoothing runs within each segment.
+    """
+    pts = sorted((int(i), float(v)) for i, v in points if v is not None and math.isfinite(v))
+    if not pts:
+        return np.array([]), np.array([]), np.array([])
+    x = np.array([p[0] for p in pts], dtype=float)
+    y = np.array([p[1] for p in pts], dtype=float)
+    steps = np.diff(x)
+    regular = steps[steps > 0].min() if (steps > 0).any() else 1.0
+    cuts = np.flatnonzero(steps > regular) + 1
+    xs, ys, ss = [], [], []
+    for seg_x, seg_y in zip(np.split(x, cuts), np.split(y, cuts)):
+        xs += [seg_x, [np.nan]]
+        ys += [seg_y, [np.nan]]
+        ss += [_smooth(seg_y), [np.nan]]
+    return np.concatenate(xs[:-1]), np.concatenate(ys[:-1]), np.concatenate(ss[:-1])
+
+
 def plot_training_figure(name: str, history: History, out_path: Path, *, subtitle: str = "") -> Path:
     """Figures 3, 5 and 6: one panel per row of ``FIGURE_PANELS[name]``; missing signals are noted."""
     if name not in FIGURE_PANELS:
@@ -83,19 +108,18 @@ def plot_training_figure(name: str, history: History, out_path: Path, *, subtitl
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3.2 * len(panels)), squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], panels):
         drawn = False
+        missing = []
         for key in keys:
-            points = history.get(key) or []
-            if not points:
+            x, y, smooth = _with_gaps(history.get(key) or [])
+            if not x.size:
+                missing.append(key)
                 continue
-            x = np.array([p[0] for p in points], dtype=float)
-            y = np.array([p[1] for p in points], dtype=float)
             line, = ax.plot(x, y, alpha=0.3, linewidth=0.8)
-            ax.plot(x, _smooth(y), color=line.get_color(), linewidth=1.8, label=key)
+            ax.plot(x, smooth, color=line.get_color(), linewidth=1.8, label=key)
             drawn = True
-        missing = [k for k in keys if not history.get(k)]
         if missing:
-            ax.text(0.01, 0.02, "not logged: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
-                    color="gray")
+            ax.text(0.01, 0.02, "not logged or never measured: " + ", ".join(missing), transform=ax.transAxes,
+                    fontsize=7, color="gray")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("iteration")
         if drawn:
