@@ -11,8 +11,15 @@ A SIGKILLed process runs no cleanup. In Prefect's local (ephemeral) mode that le
 Each holder therefore writes a small ledger entry (``$PREFECT_HOME/ireasoner-holders/``) naming
 itself by host, pid and process start time; the next flow on the machine checks those processes
 and releases what the dead ones held. Nothing here touches a holder of another machine: against a
-real server its lease simply expires. A wait for a slot is never silent: it logs, every
-``WAIT_LOG_SECONDS``, what it waits for and who holds the slots.
+real server its lease simply expires.
+
+A wait for a slot is never silent: every ``WAIT_LOG_SECONDS`` it logs what waits and who holds
+the slots. Waiting for a live holder is what the limit is for (``max_parallel_training: 1`` makes a
+training wait for the baseline's evaluation), so that is INFO. WARNING is kept for a holder whose
+process is gone: one of this machine that died (its slot is given back, and that is said), or, in
+local mode, taken slots that no live process is recorded as holding, twice running; only then is
+the by-hand release (``FREE_BY_HAND``) suggested, since following it while the holder lives would
+break the limit.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from tasks.runs import finish_run
 TAG_PROCESS = "ireasoner.process"  # host:pid:start of the process that drives the run
 WAIT_LOG_SECONDS = 30.0
 FREE_BY_HAND = "`prefect gcl update {name} --active-slots 0` frees slots that no live process holds"
+# Timed-out waits in a row with taken slots and no live recorded holder before that is a WARNING: a
+# holder records itself just after it acquires, so one such reading may be a holder that just started.
+UNEXPLAINED_WAITS = 2
 
 
 def _ledger() -> Path:
@@ -89,6 +99,9 @@ def release_slots_of_dead_processes(log: Any) -> int:
                 continue
             if not _ephemeral():  # a real server's Repossessor frees it when its lease expires
                 path.unlink(missing_ok=True)
+                log.warning("process %s (%s), which held %s slot(s) of concurrency limit %r, died; the server "
+                            "gives them back when their lease expires", entry["process"], entry.get("what", "?"),
+                            entry["slots"], entry["limit"])
                 continue
             with get_client(sync_client=True) as client:
                 client.release_concurrency_slots([entry["limit"]], int(entry["slots"]),
@@ -100,25 +113,29 @@ def release_slots_of_dead_processes(log: Any) -> int:
     return released
 
 
-def _holders(limit: str) -> str:
-    held = [e for _, e in _entries("slot") if e.get("limit") == limit]
+def _live_holders(limit: str) -> list[dict[str, Any]]:
+    """Ledger entries of this machine for ``limit`` whose process is alive (or of another host: cannot tell)."""
+    return [e for _, e in _entries("slot") if e.get("limit") == limit and not _dead(e)]
+
+
+def _holders(held: list[dict[str, Any]]) -> str:
     if not held:
-        return "no holder recorded on this machine"
+        return "no live holder recorded on this machine"
     return "; ".join(f"{e.get('what', '?')} in process {e['process']} since {time.strftime('%H:%M:%S', time.localtime(e['since']))}"
                      for e in held)
 
 
-def _occupancy(limit: str) -> tuple[str, bool]:
-    """Occupancy as "k/n slots taken", and whether a slot is free right now (False when unknown)."""
+def _occupancy(limit: str) -> tuple[int, int] | None:
+    """(taken, limit) slots of the concurrency limit right now; None when unknown."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     try:
         with get_client(sync_client=True) as client:
             gcl = client.read_global_concurrency_limit_by_name(limit)
-        return f"{gcl.active_slots}/{gcl.limit} slots taken", gcl.active_slots < gcl.limit
+        return int(gcl.active_slots), int(gcl.limit)
     except (ObjectNotFound, Exception):  # noqa: BLE001 - the message is best effort, the wait goes on
-        return "occupancy unknown", False
+        return None
 
 
 class _ExpectedSlotTimeout(logging.Filter):
@@ -156,21 +173,22 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
     """Prefect's ``concurrency`` slot for ``what``, recorded in the ledger; waits are logged, dead holders freed."""
     from prefect.concurrency.sync import concurrency
 
-    # Each short timeout below is a wait we log ourselves (a WARNING naming the holder); Prefect's
-    # service would also log it as an ERROR with a traceback-like repr every 30 s.
+    # Each short timeout below is a wait we log ourselves (naming the holder); Prefect's service
+    # would also log it as an ERROR with a traceback-like repr every 30 s.
     logging.getLogger("prefect._internal.concurrency").addFilter(_SLOT_TIMEOUT_FILTER)
     waited = 0.0
     retried_free = False
+    unexplained = 0   # timed-out waits in a row with no live holder to explain them
     with contextlib.ExitStack() as stack:
         while True:
-            release_slots_of_dead_processes(log)
+            release_slots_of_dead_processes(log)   # a dead holder of this machine: given back, with a WARNING
             try:
                 held = stack.enter_context(_Held(concurrency(limit, occupy=1, timeout_seconds=wait_log_seconds)))
                 break
             except TimeoutError:
                 waited += wait_log_seconds
-                taken, free = _occupancy(limit)
-                if free and not retried_free:
+                occupancy = _occupancy(limit)
+                if occupancy is not None and occupancy[0] < occupancy[1] and not retried_free:
                     # The holder let go between our timeout and this read: nothing is stuck, try again.
                     # Once only: a slot that reads free but cannot be taken twice running is worth a warning.
                     log.info("%s: a slot of concurrency limit %r was freed as its wait timed out (%.0f s); "
@@ -178,8 +196,18 @@ def concurrency_slot(limit: str, what: str, log: Any, wait_log_seconds: float = 
                     retried_free = True
                     continue
                 retried_free = False
-                log.warning("%s has waited %.0f s for a slot of concurrency limit %r (%s; held by: %s); %s",
-                            what, waited, limit, taken, _holders(limit), FREE_BY_HAND.format(name=limit))
+                taken = "occupancy unknown" if occupancy is None else f"{occupancy[0]}/{occupancy[1]} slots taken"
+                live = _live_holders(limit)
+                # Local mode: every holder is a process of this machine and records itself, so taken
+                # slots without one are a holder that is gone. Against a server, other machines hold slots.
+                unexplained = unexplained + 1 if _ephemeral() and not live and occupancy is not None else 0
+                if unexplained >= UNEXPLAINED_WAITS:
+                    log.warning("%s has waited %.0f s for a slot of concurrency limit %r (%s), and no live process "
+                                "of this machine is recorded as holding one; %s", what, waited, limit, taken,
+                                FREE_BY_HAND.format(name=limit))
+                else:
+                    log.info("%s waits for a slot of concurrency limit %r (%s; held by: %s; waited %.0f s); it "
+                             "starts when a holder finishes", what, limit, taken, _holders(live), waited)
         held.entry = _write("slot", {"limit": limit, "slots": 1, "what": what})
         yield
 
