@@ -2,8 +2,8 @@
 # Images of the production topology (docker-compose.yml), built from the locked dependency set
 # (requirements.lock), so a worker runs exactly what CI tested.
 #   target "server": Prefect server and MLflow tracking server (no torch), with the PostgreSQL
-#                    drivers both need: asyncpg for Prefect, psycopg 3 for MLflow (SQLAlchemy 2.x
-#                    maps postgresql:// to psycopg 3; psycopg2 alone fails "No module named 'psycopg'").
+#                    drivers both need: asyncpg for Prefect, psycopg 3 for MLflow (its URI names the
+#                    driver, postgresql+psycopg://: SQLAlchemy 2.0, pinned, maps plain postgresql:// to psycopg2).
 #   target "worker": this project with every locked dependency (torch wheels bundle CUDA; the
 #                    node needs only the NVIDIA driver and container toolkit), running flow runs.
 FROM python:3.11-slim AS base

@@ -191,7 +191,7 @@ def test_servers_use_the_postgres_service_and_its_databases():
     mlflow_cmd = _command("mlflow")
     assert mlflow_cmd[:2] == ["mlflow", "server"]
     backend = mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1]
-    assert backend == f"postgresql://{user}:{password}@postgres:5432/mlflow"
+    assert backend == f"postgresql+psycopg://{user}:{password}@postgres:5432/mlflow"
     # The artifact store is the volume mounted at --artifacts-destination.
     dest = mlflow_cmd[mlflow_cmd.index("--artifacts-destination") + 1]
     assert any(_interpolate(v, ENV).split(":")[1] == dest for v in SERVICES["mlflow"]["volumes"])

@@ -301,11 +301,6 @@ def test_reregistering_keeps_a_schedule_switched_on_in_the_ui(topology):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: topology["env"]["PREFECT_API_URL"]}), \
-                get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name("ireasoner/retrain")
-            return client, dep, client.read_deployment_schedules(dep.id)
-
-    with temporary_settings({PREFECT_API_URL: topology["env"]["PREFECT_API_URL"]}), \
             get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("ireasoner/retrain")
         (sched,) = client.read_deployment_schedules(dep.id)
@@ -320,3 +315,14 @@ def test_reregistering_keeps_a_schedule_switched_on_in_the_ui(topology):
         assert after.active is True and after.schedule.cron == "0 3 * * 1"
         # A schedule nobody touched keeps prefect.yaml's definition (the smoke preset has none).
         assert client.read_deployment_schedules(client.read_deployment_by_name("ireasoner/smoke").id) == []
+        # And the switched-on schedule produces runs on PostgreSQL too: the scheduler service (every
+        # 60 s here, as in compose) fills retrain's Upcoming tab. On SQLAlchemy 2.1 it never did.
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        deadline, upcoming = time.monotonic() + 150, []
+        while time.monotonic() < deadline and not upcoming:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+            upcoming = [r for r in runs if r.auto_scheduled and r.state and r.state.is_scheduled()]
+            time.sleep(3)
+        assert upcoming, "retrain switched on for 150 s on PostgreSQL without an upcoming run"
+        client.update_deployment_schedule(dep.id, after.id, active=False)  # also drops its future runs
