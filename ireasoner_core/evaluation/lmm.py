@@ -127,6 +127,17 @@ def extract_answer(text: str, extractor: str = "evolmm") -> str:
     return boxed.strip() if boxed is not None else text
 
 
+def progress_bar(total: int, rank: int) -> Any:
+    """The generation bar: on rank 0 only, and off wherever tqdm's own settings say so (``TQDM_DISABLE=1``).
+
+    An explicit ``disable=`` argument overrides tqdm's ``TQDM_*`` environment settings, so it is
+    passed only to turn the other ranks' bars off.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="ireasoner generating", **({} if rank == 0 else {"disable": True}))
+
+
 def default_device() -> str:
     # ROCm builds of torch report their GPUs through the cuda API as well.
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -225,6 +236,9 @@ class IReasonerLMM(lmms):
         if self.adapter_path is not None:
             from peft import PeftModel
 
+            from ..quiet import quiet_known_warnings
+
+            quiet_known_warnings()  # peft's read of a deprecated transformers property
             model = PeftModel.from_pretrained(model, str(self.adapter_path), adapter_name="solver", is_trainable=False)
             if merge_adapter:
                 # W + BA folded into W once: generation then runs at the base model's speed (unmerged
@@ -242,6 +256,8 @@ class IReasonerLMM(lmms):
             # As lmms-eval builds them: the checkpoint's processor with the pixel limits given to it,
             # and the tokenizer as saved (its eos and pad ids are what generate() is given).
             source = resolve_model_path(model_cfg)
+            if Path(source).expanduser().is_dir():   # a '~/…' folder, read as load_backbone reads it
+                source = str(Path(source).expanduser())
             self.processor = AutoProcessor.from_pretrained(source, max_pixels=self.max_pixels,
                                                            min_pixels=self.min_pixels)
             self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -374,14 +390,13 @@ class IReasonerLMM(lmms):
     def _generate_until_lmms_eval(self, requests: list[Instance], cache: bool = True) -> list[tuple[str, str]]:
         from lmms_eval import utils
         from qwen_vl_utils import process_vision_info
-        from tqdm import tqdm
 
         def by_length(args):  # lmms-eval's order: longest prompt first, then the prompt text
             return -len(self.tokenizer.encode(args[0])), args[0]
 
         reorder = utils.Collator([r.args for r in requests], by_length, grouping=True)
         answers: list[tuple[str, str]] = []
-        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="ireasoner generating")
+        bar = progress_bar(len(requests), self.rank)
         for chunk in reorder.get_batched(n=self.batch_size, batch_fn=None):
             contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
             gen_kwargs = dict(all_gen_kwargs[0] or {})
@@ -445,8 +460,6 @@ class IReasonerLMM(lmms):
         return self.tokenizer.batch_decode(completion, skip_special_tokens=True)
 
     def _generate_until_solver(self, requests: list[Instance], cache: bool = True) -> list[tuple[str, str]]:
-        from tqdm import tqdm
-
         prepared = []
         for idx, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
@@ -457,7 +470,7 @@ class IReasonerLMM(lmms):
         # Same decoding settings per batch; within them, similar prompt lengths (less padding).
         prepared.sort(key=lambda p: (p[4], -len(p[1])))
         answers: list[tuple[str, str]] = [("", "")] * len(requests)
-        bar = tqdm(total=len(requests), disable=self.rank != 0, desc="ireasoner generating")
+        bar = progress_bar(len(requests), self.rank)
         start = 0
         while start < len(prepared):
             batch = [prepared[start]]
