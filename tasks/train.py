@@ -11,11 +11,18 @@ In the subprocess case the trainer's ``metrics.jsonl`` is tailed and forwarded t
 this process (the core never imports mlflow), and the subprocess's output lines are streamed
 into the Prefect task log. ``MLFLOW_RUN_ID`` is still exported to the subprocess so anything
 in it that does use MLflow joins the child run.
+
+What the Prefect UI shows of a training that runs for hours (``TrainingProgress``, fed the same
+records as MLflow either way): a progress artifact moved every iteration (with the iteration, the
+seconds per iteration and the time left) and one markdown artifact, ``ireasoner-<sweep>-<variant>-training``,
+rewritten every ``metrics_every`` iterations with the latest signals. Both are updated in place,
+so a run has two artifacts, not one per update.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,19 +30,147 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 
+from ireasoner_core.callbacks import TrainerCallback
+from ireasoner_core.quiet import python_warnings_env, quiet_known_warnings
 from tasks.conventions import ARTIFACT_ADAPTERS, ARTIFACT_CONFIG, ARTIFACT_METRICS_JSONL
 from tasks.liveness import concurrency_slot
+from tasks.results import artifact_key
 from tasks.runs import log_artifact_dir, register_solver
 from tasks.tracking import JsonlFollower, MlflowTrainLogger, start_system_metrics
 
 TRAINING_LIMIT = "ireasoner-training"
 LAUNCH_CONFIG = "launch-config.yaml"  # the config handed to the subprocess (the trainer writes config.yaml)
+# The signals of the "latest metrics" artifact, in the order a researcher reads them (metrics.jsonl keys).
+PROGRESS_SIGNALS = ("lambda", "r_sol_mean", "r_ans_mean", "r_step_mean", "answer_entropy", "majority_density",
+                    "group_size", "mean_step_cos", "step_positions_used", "mean_steps_per_rollout",
+                    "tagged_fraction", "proposer_reward", "kl_solver", "beta_solver", "loss_solver",
+                    "grad_norm_solver", "kl_proposer", "loss_proposer", "rollouts", "images_skipped")
+
+
+class PrefectArtifacts:
+    """The three Prefect artifact calls TrainingProgress makes (a test passes its own)."""
+
+    def create_progress(self, progress: float, key: str, description: str) -> Any:
+        from prefect.artifacts import create_progress_artifact
+
+        return create_progress_artifact(progress=progress, key=key, description=description)
+
+    def update_progress(self, artifact_id: Any, progress: float, description: str) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id, progress=progress, description=description)
+
+    def write_markdown(self, artifact_id: Any, markdown: str, key: str, description: str) -> Any:
+        """Create the markdown artifact (artifact_id None), else rewrite it in place; returns its id."""
+        if artifact_id is None:
+            from prefect.artifacts import create_markdown_artifact
+
+            return create_markdown_artifact(markdown=markdown, key=key, description=description)
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            client.update_artifact(artifact_id, ArtifactUpdate(data=markdown, description=description))
+        return artifact_id
+
+
+class TrainingProgress(TrainerCallback):
+    """A training as the Prefect UI shows it: progress (percent, iteration, time left) and the latest signals.
+
+    Fed every iteration's record, in-process (a trainer callback) or from a subprocess's metrics.jsonl.
+    The Prefect API failing never stops the training: the first failure is logged and the artifacts stop.
+    """
+
+    def __init__(self, name: str, key: str, total: int, log: Any, mlflow_url: str = "", metrics_every: int = 10,
+                 api: PrefectArtifacts | None = None) -> None:
+        self.name, self.key, self.total, self.log = name, key, max(1, int(total)), log
+        self.mlflow_url, self.metrics_every = mlflow_url, max(1, int(metrics_every))
+        self.api = api or PrefectArtifacts()
+        self.progress_id: Any = None
+        self.metrics_id: Any = None
+        self.start_iteration = 0
+        self.started = time.monotonic()
+        self.broken = False
+
+    def on_train_start(self, cfg: Any, start_iteration: int) -> None:
+        self.start_iteration, self.started = int(start_iteration), time.monotonic()
+        self._call(self._create, start_iteration)
+
+    def on_iteration(self, record: dict[str, Any]) -> None:
+        self._call(self._update, record)
+
+    def _create(self, iteration: int) -> None:
+        self.progress_id = self.api.create_progress(100.0 * iteration / self.total, self.key + "-progress",
+                                                    self._status(iteration))
+
+    def _update(self, record: dict[str, Any]) -> None:
+        t = int(record["iteration"])
+        if self.progress_id is None:   # a subprocess's records: no on_train_start in this process
+            self._create(t - 1)
+        self.api.update_progress(self.progress_id, min(100.0, 100.0 * t / self.total), self._status(t))
+        if self.metrics_id is None or t % self.metrics_every == 0 or t >= self.total:
+            self.metrics_id = self.api.write_markdown(
+                self.metrics_id, self.latest_metrics(record), self.key,
+                f"{self.name}: the latest training signals (every {self.metrics_every} iterations and the last)")
+
+    def _status(self, iteration: int) -> str:
+        done = iteration - self.start_iteration
+        text = f"{self.name}: iteration {iteration} of {self.total}"
+        if done > 0:
+            per = (time.monotonic() - self.started) / done
+            left = per * max(0, self.total - iteration)
+            text += f", {per:.1f} s per iteration, about {_duration(left)} left"
+        return text
+
+    def latest_metrics(self, record: dict[str, Any]) -> str:
+        """Markdown: the record's signals (an undefined one shows as —, never as 0), its question and answers."""
+        t = int(record["iteration"])
+        lines = [f"# {self.name}: iteration {t} of {self.total}", ""]
+        if self.mlflow_url:
+            lines += [f"Every iteration's signals: [MLflow run]({self.mlflow_url}) (metrics `train/*`).", ""]
+        lines += ["| signal | value |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt(record[k])} |" for k in PROGRESS_SIGNALS if k in record]
+        seconds = {k: v for k, v in record.items() if k.startswith("seconds_") and isinstance(v, (int, float))}
+        if seconds:
+            lines.append("| seconds per phase | " + ", ".join(f"{k.removeprefix('seconds_')} {v:.1f}"
+                                                             for k, v in seconds.items()) + " |")
+        if record.get("question"):
+            lines += ["", f"**Question:** {record['question']}"]
+        if record.get("answers"):
+            lines += ["", "**Answers:** " + ", ".join(f"`{a}`" if a else "(none)" for a in record["answers"])]
+        return "\n".join(lines)
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        if self.broken:
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 - the UI's view must not stop a training
+            self.broken = True
+            self.log.warning("progress artifacts for %s stopped: %s: %s", self.name, type(err).__name__, err)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"      # not measured at this iteration (e.g. mean_step_cos with no dominant group of 2)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def launch_command(config_path: Path, devices: int, cpu: bool) -> list[str]:
@@ -65,8 +200,9 @@ def _die_with_parent() -> Any:
 
 
 def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: Path,
-                            mlflow_logger: MlflowTrainLogger, log: Any, poll_seconds: float = 2.0) -> None:
-    """Run the trainer as a subprocess; stream its output into ``log``, its metrics into MLflow."""
+                            mlflow_logger: MlflowTrainLogger, log: Any, poll_seconds: float = 2.0,
+                            callbacks: Sequence[TrainerCallback] = ()) -> None:
+    """Run the trainer as a subprocess; stream its output into ``log``, its metrics into MLflow (and ``callbacks``)."""
     follower = JsonlFollower(metrics_path)
     tail: deque[str] = deque(maxlen=20)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -81,15 +217,19 @@ def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: P
                 tail.append(line)
                 log.info("[train] %s", line)
 
+    def forward() -> None:
+        for record in follower.poll():
+            mlflow_logger.on_iteration(record)
+            for cb in callbacks:
+                cb.on_iteration(record)
+
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     while proc.poll() is None:
-        for record in follower.poll():
-            mlflow_logger.on_iteration(record)
+        forward()
         time.sleep(poll_seconds)
     reader.join(timeout=10)
-    for record in follower.poll():
-        mlflow_logger.on_iteration(record)
+    forward()
     mlflow_logger.flush()
     if proc.returncode != 0:
         last = "\n".join(tail)
@@ -101,6 +241,7 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
                   cpu: bool = False, data_hash: str = "") -> dict[str, Any]:
     """Train one variant × seed into its run directory; log metrics, artifacts, and the registry entry."""
     from ireasoner_core.config import TrainConfig
+    from tasks.runs import run_url
 
     log = get_run_logger()
     client = MlflowClient(tracking_uri)
@@ -108,6 +249,9 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
     out = Path(cfg.checkpoint.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     mlflow_logger = MlflowTrainLogger(run_id, client=client, logger=log)
+    progress = TrainingProgress(f"training of {plan.key}", artifact_key(f"ireasoner-{out.parent.name}-{plan.key}-training"),
+                                cfg.schedule.iterations, log,
+                                mlflow_url=run_url(tracking_uri, client.get_run(run_id).info.experiment_id, run_id))
     with concurrency_slot(TRAINING_LIMIT, f"training of {plan.key}", log):
         monitor = start_system_metrics(run_id, tracking_uri, log)
         started = time.monotonic()
@@ -116,14 +260,15 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
                 cfg_path = out / LAUNCH_CONFIG
                 cfg.to_yaml(cfg_path)
                 env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri,
-                       "PYTHONUNBUFFERED": "1"}
+                       "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": python_warnings_env(os.environ.get("PYTHONWARNINGS"))}
                 run_subprocess_training(launch_command(cfg_path, devices, cpu), env, out / "metrics.jsonl",
-                                        mlflow_logger, log)
+                                        mlflow_logger, log, callbacks=[progress])
                 result = json.loads((out / "result.json").read_text())
             else:
                 from ireasoner_core.trainer import train
 
-                r = train(cfg, callbacks=[mlflow_logger])
+                quiet_known_warnings()
+                r = train(cfg, callbacks=[mlflow_logger, progress])
                 result = r.to_json()
         finally:
             if monitor is not None:
