@@ -28,6 +28,19 @@ def _set(spec: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+def preset_spec(preset: str, sets: list[str]) -> dict:
+    """The preset's spec dict with each ``FIELD=VALUE`` of ``--set`` applied (values read as YAML)."""
+    from flows.presets import PRESETS
+
+    spec_dict = yaml.safe_load(yaml.safe_dump(PRESETS[preset]))
+    for pair in sets:
+        if "=" not in pair:
+            raise ValueError(f"--set expects FIELD=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        _set(spec_dict, key.strip(), yaml.safe_load(value))
+    return spec_dict
+
+
 def main(argv: list[str] | None = None) -> int:
     from flows.presets import PRESETS
 
@@ -44,12 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    spec_dict = yaml.safe_load(yaml.safe_dump(PRESETS[args.preset]))
-    for pair in args.set:
-        if "=" not in pair:
-            p.error(f"--set expects FIELD=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        _set(spec_dict, key.strip(), yaml.safe_load(value))
+    try:
+        spec_dict = preset_spec(args.preset, args.set)
+    except ValueError as err:
+        p.error(str(err))
 
     from flows.ireasoner import ireasoner
     from tasks.runs import tracking_uri

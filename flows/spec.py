@@ -196,8 +196,15 @@ class ExperimentSpec(_Spec):
     @model_validator(mode="after")
     def _configs_valid(self) -> ExperimentSpec:
         # Build every variant's run config now: a bad override fails here, before any training.
-        if not self.images.sources and (self.model or EMBEDDED_MODEL) != EMBEDDED_MODEL:
-            raise ValueError("images.sources: required unless model is 'embedded' (synthetic images)")
+        # The model section first, on its own: a baseline-only sweep builds no run config, and the
+        # model may come from `model`, base_config or a `model.name_or_path` override.
+        try:
+            model = self.model_config_dict()["name_or_path"]
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if not self.images.sources and model != EMBEDDED_MODEL:
+            raise ValueError(f"images.sources: required unless model is 'embedded' (synthetic images); model is {model!r}")
+        _check_model_folder(model)
         for v in self.variant_specs():
             if v.ablation == BASELINE:
                 continue
@@ -247,6 +254,23 @@ class ExperimentSpec(_Spec):
         overrides = {"model.name_or_path": self.model} if self.model is not None else {}
         overrides.update({k: v for k, v in self.overrides.items() if k.startswith("model.")})
         return build_model_config(self.base_dict().get("model", {}) or {}, overrides).model_dump(mode="json")
+
+
+def _check_model_folder(name: str) -> None:
+    """A model given as a folder must be one, checked where the flow runs (the worker that will load
+    it) before the pool is sampled: otherwise every variant and the baseline fail one by one, after
+    their retries. A hub id is left to the loader. Same reading of a name as ireasoner_core.model:
+    an existing path, or anything but exactly "owner/name", is a folder."""
+    if name == EMBEDDED_MODEL:
+        return
+    p = Path(name).expanduser()
+    if not p.exists() and not name.startswith(("/", ".", "~")) and name.count("/") == 1:
+        return  # a hub id
+    if not p.is_dir():
+        what = "is a file, not a model folder" if p.exists() else "model folder not found"
+        raise ValueError(f"model: {what}: {name!r} (resolved to {p.absolute()} on this machine)")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"model: {name!r} has no config.json; expected a Qwen2.5-VL checkpoint folder")
 
 
 class VariantPlan(BaseModel):

@@ -114,6 +114,14 @@ def test_every_preset_is_a_valid_spec(tmp_path, monkeypatch):
     assert len(ExperimentSpec.model_validate(PRESETS["ablations"]).variant_specs()) == 15
 
 
-def test_seven_b_presets_need_the_image_folder(monkeypatch):
+def test_seven_b_presets_need_the_image_folder(monkeypatch, tmp_path):
+    # Unset: the variable is named as unset, not read as a folder called '$IREASONER_IMAGES'.
     monkeypatch.delenv("IREASONER_IMAGES", raising=False)
-    assert "images.sources[0]: image folder not found: '$IREASONER_IMAGES'" in _error(**PRESETS["retrain"])
+    err = _error(**PRESETS["retrain"])
+    assert ("images.sources[0]: '$IREASONER_IMAGES' names the environment variable IREASONER_IMAGES, which is unset "
+            "on this machine; set IREASONER_IMAGES to the folder of unlabeled images") in err
+    assert "image folder not found" not in err
+    # Set to a folder that is not there: that folder, resolved.
+    monkeypatch.setenv("IREASONER_IMAGES", str(tmp_path / "gone"))
+    assert f"images.sources[0]: image folder not found: '$IREASONER_IMAGES' (resolved to {tmp_path / 'gone'})" in _error(
+        **PRESETS["retrain"])
