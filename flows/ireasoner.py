@@ -17,7 +17,8 @@ Order of work, and why:
    evaluated. The others run concurrently as Prefect tasks (``dispatch='local'``) or as flow
    runs of ``ireasoner-variant/variant`` that any worker of the pool picks up
    (``dispatch='workers'``). A failed variant does not stop the others.
-4. The table (one row per variant × seed) goes to the parent run and to Prefect artifacts;
+4. The table (one row per variant × seed: greedy and avg@k scores, each with its 95 % interval,
+   read back from each child run's metrics) goes to the parent run and to Prefect artifacts;
    the flow run fails at the end, naming the failed variants, if any failed.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,12 @@ from tasks.liveness import (
 )
 from tasks.pool import sample_image_pool
 from tasks.provenance import code_hash, lock_hash, source_hash
-from tasks.results import log_results_table, make_row, publish_prefect_artifacts
+from tasks.results import (
+    eval_details,
+    log_results_table,
+    make_row,
+    publish_prefect_artifacts,
+)
 from tasks.runs import (
     TAG_EVAL_LIMIT,
     create_child_run,
@@ -78,6 +85,11 @@ from tasks.runs import (
 )
 from tasks.tracking import spec_params
 from tasks.train import TRAINING_LIMIT, train_variant
+
+# MLflow draws a "Downloading artifacts" bar for each artifact read back (the report reads every variant's
+# per-item scores and diagnostics: 7 bars in a smoke run), noise in a flow's log; MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true
+# brings them back.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 VARIANT_DEPLOYMENT = "ireasoner-variant/variant"
 NO_EVALUATION = "no evaluation tasks configured"
@@ -235,8 +247,9 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
         log_params(client, parent, spec_params(spec.model_dump(mode="json")))  # what Compare diffs between sweeps
         client.log_dict(parent, [p.model_dump(mode="json") for p in plans], "plans.json")
         rows, failures = _run_plans(spec, plans, force, client, uri, experiment_id, parent, tags, pool.data_hash)
-        log_results_table(client, parent, rows, list(spec.evaluation.tasks))
-        publish_prefect_artifacts(rows, list(spec.evaluation.tasks), spec.name)
+        sampled = sampled_plan(list(spec.evaluation.tasks), spec.evaluation.sampled_k)
+        log_results_table(client, parent, rows, list(spec.evaluation.tasks), sampled)
+        publish_prefect_artifacts(rows, list(spec.evaluation.tasks), spec.name, sampled)
         client.set_tag(parent, TAG_FAILED_VARIANTS, json.dumps(failures))
         finish_run(client, parent, ok=not failures, status_tag="failed" if failures else "finished")
     except BaseException as err:
@@ -271,6 +284,9 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
     log = get_run_logger()
     source = tags[TAG_SOURCE_HASH]
     eval_tasks = list(spec.evaluation.tasks)
+    sampled = sampled_plan(eval_tasks, spec.evaluation.sampled_k)
+    # avg@k and every score's interval, as the variant's evaluation logged them
+    details = lambda run: eval_details(run.data.metrics, eval_tasks, sampled)
     rows: dict[str, dict[str, Any]] = {}
     reused: dict[str, str] = {}
     submitted = []
@@ -278,14 +294,13 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
     for plan in plans:
         done = None if force else find_finished_variant(client, experiment_id, plan.variant, plan.seed,
                                                        plan.config_hash, data_hash, source, eval_tasks,
-                                                       spec.evaluation.limit, spec.evaluation.protocol,
-                                                       sampled_plan(eval_tasks, spec.evaluation.sampled_k))
+                                                       spec.evaluation.limit, spec.evaluation.protocol, sampled)
         if done is not None:
             reused[plan.key] = done.info.run_id
             o = _outcome_from_run(done, eval_tasks)
             rows[plan.key] = make_row(plan.variant, plan.seed, "skipped", done.info.run_id,
                                       run_url(uri, experiment_id, done.info.run_id), o["iterations"],
-                                      o["seconds"], o["scores"], eval_tasks)
+                                      o["seconds"], o["scores"], eval_tasks, details=details(done), sampled=sampled)
             log.info("%s: skipped, run %s already finished with the same config, data and code", plan.key,
                      done.info.run_id)
             continue
@@ -311,11 +326,12 @@ def _run_plans(spec: ExperimentSpec, plans: list[VariantPlan], force: bool, clie
         if state.is_completed():
             out = state.result()
             rows[plan.key] = make_row(plan.variant, plan.seed, "finished", child, url, out.get("iterations"),
-                                      out.get("seconds"), out.get("scores"), eval_tasks)
+                                      out.get("seconds"), out.get("scores"), eval_tasks,
+                                      details=details(client.get_run(child)), sampled=sampled)
         else:
             failures[plan.key] = state.message or state.name
             rows[plan.key] = make_row(plan.variant, plan.seed, "failed", child, url, eval_tasks=eval_tasks,
-                                      error=failures[plan.key])
+                                      error=failures[plan.key], sampled=sampled)
             log.error("%s failed: %s", plan.key, failures[plan.key])
     return [rows[p.key] for p in plans], failures
 

@@ -5,14 +5,18 @@ tasks in worker threads) it logs ``eval/<task>`` = headline score in 0-100, ever
 metric as ``eval_metrics/<task>/<metric>``, the per-item JSONL as ``eval_samples/<task>.jsonl``
 (what the report's paired bootstrap reads back) and lmms-eval's results JSON, plus the
 sampled accuracy ``eval_sampled/<task>`` (avg@k, 0-100; its k as param ``eval_sampled_k``;
-per item as ``sampled_score`` in the same JSONL) where it was measured, and the
+per item as ``sampled_score`` in the same JSONL) where it was measured, each score's 95 % percentile
+bootstrap interval of the mean over items (``eval_ci/<task>/low|high``,
+``eval_sampled_ci/<task>/low|high``: what the sweep's results table shows beside it), and the
 evaluation protocol, answer extractor and MathVista extractor as params ``eval_protocol``,
 ``eval_answer_extractor``, ``eval_math_judge`` (and the same names as ``ireasoner.*`` tags).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from prefect.exceptions import MissingContextError
 
 from ireasoner_core.config import ModelConfig
 from ireasoner_core.evaluation.runner import EvalResult, run_evaluation
+from ireasoner_core.reports.bootstrap import paired_bootstrap
 from tasks.conventions import (
     EVAL_PREFIX,
     EVAL_SAMPLE_SEED_PARAM,
@@ -32,10 +37,35 @@ from tasks.conventions import (
     EVAL_SAMPLES_DIR,
     metric_name,
 )
+from tasks.results import ci_metric
 from tasks.runs import tracking_uri as default_tracking_uri
 
 EVAL_METRICS_PREFIX = "eval_metrics/"   # eval/<task> stays the headline; details live apart
 EVAL_RESULTS_DIR = "eval_results"
+CONFIDENCE = 0.95
+
+
+def score_intervals(result: EvalResult, seed: int = 0, n_resamples: int = 10_000
+                    ) -> dict[tuple[str, bool], tuple[float, float]]:
+    """(task, sampled) -> 95 % percentile bootstrap interval of the score's mean over the task's items.
+
+    Read from the per-item JSONL (``score``; ``sampled_score`` for avg@k). A score with an item that
+    has no number gets no interval: an interval over the other items would not be the score's.
+    """
+    out: dict[tuple[str, bool], tuple[float, float]] = {}
+    for name, path in result.samples.items():
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for field, sampled in (("score", False), ("sampled_score", True)):
+            if sampled and name not in result.sampled_scores:
+                continue
+            values = [r.get(field) for r in rows]
+            if not values or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+                continue
+            # mean(values - 0) with its interval: the bootstrap of one score is the paired one against zeros
+            ci = paired_bootstrap(values, [0.0] * len(values), n_resamples=n_resamples, confidence=CONFIDENCE,
+                                  seed=seed)
+            out[(name, sampled)] = (ci.low, ci.high)
+    return out
 
 
 def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> dict[str, float]:
@@ -46,6 +76,8 @@ def log_eval_result(client: MlflowClient, run_id: str, result: EvalResult) -> di
                 for t, s in result.sampled_scores.items()]
     for t, values in result.metrics.items():
         metrics += [Metric(metric_name(f"{EVAL_METRICS_PREFIX}{t}/{k}"), float(v), now, 0) for k, v in values.items()]
+    for (t, sampled), (low, high) in score_intervals(result, seed=result.sample_seed).items():
+        metrics += [Metric(ci_metric(t, "low", sampled), low, now, 0), Metric(ci_metric(t, "high", sampled), high, now, 0)]
     for start in range(0, len(metrics), 1000):   # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
     for t, path in result.samples.items():

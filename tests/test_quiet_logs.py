@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ireasoner_core.quiet import python_warnings_env, quiet_known_warnings
@@ -37,6 +38,7 @@ def _bars(**env: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh interpreter per setting
 def test_tqdm_disable_turns_off_the_projects_own_bars():
     # tqdm reads TQDM_* when it is imported, hence a fresh process for each setting
     assert _bars() == {"rank0": False, "rank1": True, "train": False}
@@ -72,6 +74,7 @@ def test_the_is_gradient_checkpointing_future_warning_is_filtered_and_nothing_el
                                               "another deprecation"]
 
 
+@pytest.mark.slow  # a fresh interpreter per setting
 def test_a_training_subprocess_gets_the_same_filters():
     code = TINY_MODEL + ("import warnings\ngetattr(model, 'is_gradient_checkpointing')\n"
                          "warnings.warn('still shown', FutureWarning)\n")
@@ -94,3 +97,30 @@ def test_compose_runs_the_prefect_server_with_its_telemetry_off(monkeypatch):
     assert Settings().server.analytics_enabled is True
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", env["PREFECT_SERVER_ANALYTICS_ENABLED"])
     assert Settings().server.analytics_enabled is False
+
+
+DOWNLOAD = r"""
+import pathlib, sys, tempfile
+if sys.argv[1] == "flow":
+    import flows.ireasoner  # noqa: F401 - what a flow process imports
+from mlflow.tracking import MlflowClient
+d = pathlib.Path(tempfile.mkdtemp())
+c = MlflowClient(f"sqlite:///{d}/m.db")
+run = c.create_run(c.create_experiment("x", artifact_location=(d / "art").as_uri())).info.run_id
+(d / "f").mkdir(); (d / "f" / "a.txt").write_text("a"); (d / "f" / "b.txt").write_text("b")
+c.log_artifacts(run, str(d / "f"), "eval_samples")
+c.download_artifacts(run, "eval_samples", str(d / "out"))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter per setting
+def test_the_flow_reads_mlflow_artifacts_back_without_a_bar_each(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "TQDM_DISABLE")}
+    out = {}
+    for mode in ("plain", "flow"):
+        r = subprocess.run([sys.executable, "-c", DOWNLOAD, mode], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[mode] = r.stderr
+    assert "Downloading artifacts" in out["plain"]        # MLflow's default, outside the flow
+    assert "Downloading artifacts" not in out["flow"]
