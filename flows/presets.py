@@ -1,4 +1,5 @@
-"""Presets of the ``ireasoner`` flow: the parameters of the four deployments.
+"""Presets of the ``ireasoner`` flow: the parameters of its five deployments (a sixth deployment,
+``ireasoner-variant/variant``, runs one variant of a sweep and has no preset).
 
 deployments/prefect.yaml carries the same values (a test checks they agree), so the Prefect
 UI shows, and lets a person edit, exactly what each deployment runs.
@@ -27,8 +28,8 @@ SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
 # main, ablations and retrain evaluate paper table 1 (SPEC.md; lmms-eval task names). Their datasets
 # come from the Hugging Face cache: `ireasoner benchmarks fetch` once, on a machine with network.
 
-# The CPU sweep: chosen so that training moves the embedded policy within the 25-minute budget
-# on 2 cores (docs/evaluation.md, "The mini sweep").
+# The CPU sweep: chosen so that training moves the embedded policy in about 10 minutes on 2 idle
+# cores (9.4 min measured; longer when other jobs share them; docs/evaluation.md, "The mini sweep").
 MINI_IMAGES = 64
 MINI_ITERATIONS = 100
 # lr 1e-3: the rate at which the embedded policy measurably moves (tests/test_learning_end_to_end.py);

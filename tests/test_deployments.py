@@ -79,6 +79,22 @@ def test_mini_trains_the_table_one_methods_as_measured_and_scores_whole_mini_ben
     assert cfg.sampling.num_rollouts == 5 and cfg.data.synthetic_images == 64
 
 
+def test_what_the_presets_and_deployments_say_of_themselves_is_true():
+    """Issue 28: presets.py said four deployments for five presets, and mini's description said under
+    25 minutes where its measured run (README, docs/evaluation.md) took about 10."""
+    import re
+
+    import flows.presets
+
+    words = {"four": 4, "five": 5, "six": 6, "seven": 7}
+    said = re.search(r"parameters of its (\w+) deployments", flows.presets.__doc__)
+    assert said and words[said.group(1)] == len(PRESETS)
+    assert set(PRESETS) <= set(_deployments())
+    mini = _deployments()["mini"]["description"]
+    minutes = re.search(r"about (\d+) min", mini)
+    assert minutes and int(minutes.group(1)) <= 15 and "25 min" not in mini
+
+
 def test_register_script_creates_the_pool_then_deploys_everything():
     script = (ROOT / "deployments" / "register.sh").read_text()
     assert "work-pool create \"$POOL\" --type process" in script and "POOL=ireasoner-pool" in script
