@@ -290,11 +290,11 @@ class VariantPlan(BaseModel):
 def config_identity_hash(cfg: dict[str, Any]) -> str:
     """Hash of what a config trains, independent of where data, checkpoints and caches live."""
     payload = json.loads(json.dumps(cfg))
-    for k in ("checkpoint", "progress_bar", "run_name"):
+    # What is logged, and where, is not what is trained (TrainConfig.hash leaves the same out).
+    for k in ("checkpoint", "progress_bar", "run_name", "log_completions_every"):
         payload.pop(k, None)
     for k in ("manifest", "image_dir"):
         payload.get("data", {}).pop(k, None)
-    payload.get("model", {}).pop("embedded_cache_dir", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -97,9 +97,11 @@ def test_plans_are_deterministic_and_ablations_change_the_config(tmp_path):
 
 def test_config_hash_ignores_locations_only():
     a = {"seed": 0, "rewards": {"eta": 0.05}, "data": {"manifest": "/a/m.json", "image_dir": None},
-         "checkpoint": {"output_dir": "/x"}, "model": {"embedded_cache_dir": "/c"}, "run_name": "a"}
+         "checkpoint": {"output_dir": "/x"}, "model": {"dtype": "auto"}, "run_name": "a",
+         "log_completions_every": 10}
     b = {"seed": 0, "rewards": {"eta": 0.05}, "data": {"manifest": "/b/m.json", "image_dir": "/i"},
-         "checkpoint": {"output_dir": "/y"}, "model": {"embedded_cache_dir": None}, "run_name": "b"}
+         "checkpoint": {"output_dir": "/y"}, "model": {"dtype": "auto"}, "run_name": "b",
+         "log_completions_every": 0}  # how often generations are logged trains nothing
     assert config_identity_hash(a) == config_identity_hash(b)
     b["rewards"]["eta"] = 0.06
     assert config_identity_hash(a) != config_identity_hash(b)
