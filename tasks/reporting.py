@@ -7,8 +7,9 @@ and writes, under ``out_dir``: ``tables/table{1,2,3}.{md,csv}``, ``report.md`` a
 same files are logged on it under ``report/`` (figures in ``report/figures/``) together with one
 row per table cell as ``mlflow.log_table`` (``report/tables.json``: table, method, benchmark,
 protocol, score, delta, ci_low, ci_high, n). The logged ``report/report.md`` links its figures
-through the MLflow server's ``get-artifact`` endpoint: MLflow's artifact viewer renders Markdown
-but resolves a relative image path against the UI's address, not the artifact's folder.
+as absolute ``<MLflow UI>/get-artifact?...`` addresses (the UI the flow's run links use): MLflow
+3.17's Markdown viewer draws an image only when its address has a scheme, and prints a relative
+one as ``[alt](path)`` text.
 
 ``--compare A B`` writes its own folder (``reports/<experiment>-compare-A-vs-B`` by default), and
 refuses sweeps evaluated with different protocols unless ``--allow-mixed-protocols``.
@@ -58,6 +59,7 @@ from tasks.conventions import (
     metric_name,
 )
 from tasks.runs import tracking_uri as default_tracking_uri
+from tasks.runs import ui_base_url
 from tasks.tracking import log_table_replacing
 
 REPORT_DIR = "report"
@@ -261,7 +263,8 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
         with tempfile.TemporaryDirectory(prefix="ireasoner-report-md-") as tmp:
             in_mlflow = Path(tmp) / result.report_path.name
             in_mlflow.write_text(_report_markdown(tables, result.figures, out_dir, result.runs_excluded, result.notes,
-                                                  link=lambda rel: artifact_link(parent_run_id, f"{REPORT_DIR}/{rel}")))
+                                                  link=lambda rel: artifact_link(client.tracking_uri, parent_run_id,
+                                                                                 f"{REPORT_DIR}/{rel}")))
             client.log_artifact(parent_run_id, str(in_mlflow), REPORT_DIR)
         if (out_dir / "tables").is_dir():
             client.log_artifacts(parent_run_id, str(out_dir / "tables"), REPORT_DIR)
@@ -271,10 +274,12 @@ def build_report(experiment: str, tracking_uri: str | None, out_dir: Path | str,
     return result
 
 
-def artifact_link(run_id: str, path: str) -> str:
-    """An artifact's address as the MLflow UI itself fetches it: relative to the UI's own address (so a
-    server with a --static-prefix works too), through the server's get-artifact endpoint."""
-    return f"get-artifact?path={quote(path, safe='')}&run_uuid={run_id}"
+def artifact_link(tracking_uri: str, run_id: str, path: str) -> str:
+    """An artifact's address on the MLflow server, as its UI fetches it (``get-artifact``), under the
+    UI address the flow's links use (``IREASONER_MLFLOW_UI_URL``, else an http(s) tracking URI, else
+    http://127.0.0.1:5000). Absolute, because MLflow's Markdown viewer shows an image whose address
+    has no scheme as text."""
+    return f"{ui_base_url(tracking_uri)}/get-artifact?path={quote(path, safe='')}&run_uuid={run_id}"
 
 
 def cell_metric_key(table: str, method: str, benchmark: str) -> str:

@@ -178,13 +178,15 @@ def test_log_table_on_the_parent_has_one_row_per_cell_as_the_csv(store, report):
 
 
 def test_the_report_in_mlflow_shows_its_figures(store, report, monkeypatch):
-    """MLflow's artifact viewer renders report.md with the page's address as the base of relative
-    links: each figure link must be one the MLflow server answers with that PNG."""
+    """MLflow 3.17's Markdown viewer draws an image only when its address has a scheme (a relative one
+    is printed as `[alt](path)` text), so each figure link must be an absolute address of the MLflow
+    UI that its server answers with that PNG."""
     import re
-    from urllib.parse import urljoin
 
     from mlflow.server import app, handlers
     from mlflow.tracking._tracking_service.utils import _get_store
+
+    from tasks.runs import ui_base_url
 
     uri, client, parent, _, tmp = store
     md = Path(client.download_artifacts(parent, "report/report.md", str(tmp / "md"))).read_text()
@@ -192,10 +194,11 @@ def test_the_report_in_mlflow_shows_its_figures(store, report, monkeypatch):
     assert len(links) == len(report.figures) == 4
     monkeypatch.setattr(handlers, "_tracking_store", _get_store(uri))   # the server `mlflow ui` would run
     server = app.test_client()
-    ui_page = "http://127.0.0.1:5000/#/experiments/1/runs/x/artifacts/report/report.md"
     for link in links:
-        assert link.startswith("get-artifact?path=report%2Ffigures%2F") and link.endswith(f"&run_uuid={parent}")
-        reply = server.get(urljoin(ui_page, link))
+        assert re.match(r"[a-z][a-z0-9+.-]*:", link)   # the test MLflow's img renderer applies
+        assert link.startswith(f"{ui_base_url(uri)}/get-artifact?path=report%2Ffigures%2F")
+        assert link.endswith(f"&run_uuid={parent}")
+        reply = server.get(link)
         assert reply.status_code == 200 and reply.mimetype == "image/png" and reply.data[:4] == b"\x89PNG"
     # The local report links the local files.
     local = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.report_path.read_text())
