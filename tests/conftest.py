@@ -43,3 +43,13 @@ def tiny_cfg(tmp_path, embedded_model_dir):
         return build_config({}, tiny_overrides(tmp_path / "run", **extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """A real Prefect server, the registered deployments and a process worker, shared by
+    test_orchestration_integration and test_schedules_fire (starting one takes minutes)."""
+    from test_orchestration_integration import start_stack
+
+    yield from start_stack(tmp_path_factory.mktemp("stack"))
+

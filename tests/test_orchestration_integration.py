@@ -70,10 +70,9 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Server + registered deployments + worker, in a temporary PREFECT_HOME and MLflow store."""
-    tmp = tmp_path_factory.mktemp("stack")
+def start_stack(tmp: Path):
+    """Server + registered deployments + worker, in a temporary PREFECT_HOME and MLflow store
+    (conftest's session fixture `stack`: one server for this module and test_schedules_fire)."""
     port = _free_port()
     # The 7B presets read their images from $IREASONER_IMAGES on the worker, as documented.
     images = tmp / "unlabeled"
@@ -83,6 +82,9 @@ def stack(tmp_path_factory):
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           # The scheduler service looks for due schedules every 60 s by default; 5 s keeps
+           # test_schedules_fire short without changing what the service does.
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     server_log = tmp / "server.log"

@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-# The server, registered deployments and worker of the orchestration tests, and their wait for a run.
-from test_orchestration_integration import _wait_final, stack  # noqa: F401 - `stack` is a fixture
+# The server, deployments and worker are conftest's `stack` (its scheduler looks every 5 s).
+from test_orchestration_integration import _wait_final
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-# Every wait is bounded; the scheduler looks every 5 s here (below), the worker every 10 s.
+# Every wait is bounded; the scheduler looks every 5 s (conftest's stack), the worker every 10 s.
 WAIT_S = 150
 _TICK_FLOW = """from prefect import flow
 
@@ -34,16 +34,6 @@ _TICK_FLOW = """from prefect import flow
 def tick() -> int:
     return 1
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_scheduler():
-    """The scheduler service's loop (PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS) is 60 s by
-    default; 5 s keeps these tests short without changing what the service does. Set before the
-    module's `stack` starts the server, which inherits this environment."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
-        yield
 
 
 def _client(st):
@@ -85,7 +75,7 @@ def _assert_scheduler_healthy(st) -> None:
     assert failed == [] and "Can't evaluate bulk DML" not in log, failed[-3:]
 
 
-def test_a_schedule_due_soon_gets_a_run_from_the_scheduler_that_the_worker_completes(stack, tmp_path):  # noqa: F811
+def test_a_schedule_due_soon_gets_a_run_from_the_scheduler_that_the_worker_completes(stack, tmp_path):
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 
@@ -117,7 +107,7 @@ def test_a_schedule_due_soon_gets_a_run_from_the_scheduler_that_the_worker_compl
     _assert_scheduler_healthy(stack)
 
 
-def test_switching_retrain_on_fills_its_upcoming_runs(stack):  # noqa: F811
+def test_switching_retrain_on_fills_its_upcoming_runs(stack):
     """The UI's switch (PATCH the deployment schedule's `active`), then its Upcoming tab: runs in
     state Scheduled, in the future, made by the scheduler service from retrain's weekly cron."""
     with _client(stack) as client:
