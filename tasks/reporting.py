@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -417,6 +418,9 @@ def compare_sweeps(experiment: str, tracking_uri: str | None, sweeps: Sequence[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`ireasoner report --experiment ireasoner [--parent-run-id ID] [--out-dir DIR]`."""
+    # A report downloads every variant's per-item scores: one progress bar per artifact (15 for a
+    # two-sweep --compare) is noise, not progress.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(prog="ireasoner report",
                                      description="Rebuild the paper's tables and figures from MLflow.")
     parser.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT})")
