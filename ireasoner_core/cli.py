@@ -47,6 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import (
         train,  # after validation: importing torch takes seconds a bad config should not wait
     )
+    from .quiet import quiet_known_warnings
+
+    quiet_known_warnings()  # as the flow's training does: a healthy run prints no third-party FutureWarning
 
     try:
         result = train(cfg)
