@@ -100,7 +100,7 @@ def _how_to_look(uri: str, experiment_id: str | None = None) -> str:
         lines.append(f"  Prefect UI: open {prefect_api.removesuffix('/api')}")
     else:
         home = os.environ.get("PREFECT_HOME", "~/.prefect")
-        lines.append(f"  Prefect UI: PREFECT_HOME={home} .venv/bin/prefect server start --host 127.0.0.1 --port 4200"
+        lines.append(f"  Prefect UI: PREFECT_HOME={home} PREFECT_SERVER_ANALYTICS_ENABLED=false .venv/bin/prefect server start --host 127.0.0.1 --port 4200"
                      "   then open http://127.0.0.1:4200/runs")
     return "\n".join(lines)
 
