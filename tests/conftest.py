@@ -53,3 +53,10 @@ def stack(tmp_path_factory):
 
     yield from start_stack(tmp_path_factory.mktemp("stack"))
 
+
+
+def pytest_collection_modifyitems(items):
+    # The shared Prefect stack (server, scheduler, worker) lives until the session ends once started;
+    # its tests go last so that it never competes for the 2 cores with the timing-sensitive
+    # CPU-bound tests (torch threads spin-wait badly on an oversubscribed machine).
+    items.sort(key=lambda item: "stack" in getattr(item, "fixturenames", ()))

@@ -96,3 +96,25 @@ def test_unknown_and_unreachable_tasks_are_errors_naming_the_task(no_network, ta
 def test_table1_task_names_exist_in_the_installed_lmms_eval(task_manager):
     assert set(TABLE1_TASKS) | {"mathvision_test"} <= set(task_manager.all_tasks)
     assert set(MINI_TASKS) <= set(task_manager.all_tasks)
+
+
+@pytest.mark.slow
+def test_offline_a_missing_dataset_is_looked_for_once_not_retried(no_network, task_manager, monkeypatch):
+    # lmms-eval retries a failed download 5 times, 2 s apart; offline that only delays the error
+    import datasets
+
+    from lmms_eval.api.task import ConfigurableTask
+
+    looked: list[str] = []
+    real_load = datasets.load_dataset
+
+    def counting_load(*args, **kwargs):
+        looked.append(str(args[:1] or kwargs.get("path")))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", counting_load)
+    download = ConfigurableTask.download
+    with pytest.raises(BenchmarkUnavailableError, match="chartqa"):
+        check_tasks(["chartqa"], task_manager)
+    assert len(looked) == 1, looked
+    assert ConfigurableTask.download is download   # lmms-eval's own retry is back for online fetches

@@ -26,6 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,30 @@ def _task_manager():
     return TaskManager(verbosity="WARNING", include_path=str(tasks_include_path()), model_name="ireasoner")
 
 
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@contextmanager
+def _single_download_attempt_when_offline():
+    """Offline, a dataset missing from the cache stays missing: lmms-eval's download retries
+    (5 attempts, 2 s apart, per task) would only make a worker without the data wait minutes
+    before the error that names the fetch command."""
+    from lmms_eval.api.task import ConfigurableTask
+    from tenacity import stop_after_attempt  # lmms-eval's own retry library
+
+    download = ConfigurableTask.download
+    if not _hub_offline() or not hasattr(download, "retry_with"):
+        yield
+        return
+    ConfigurableTask.download = download.retry_with(stop=stop_after_attempt(1))
+    try:
+        yield
+    finally:
+        ConfigurableTask.download = download
+
+
 def check_tasks(tasks: list[str], task_manager) -> None:
     """Unknown names and unreachable datasets fail here, before any model is loaded."""
     from lmms_eval.tasks import get_task_dict
@@ -132,14 +157,15 @@ def check_tasks(tasks: list[str], task_manager) -> None:
                 f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
                 "`python -m lmms_eval --tasks list` prints the rest)")
     missing: dict[str, str] = {}
-    for task in tasks:
-        if task in MINI_TASKS:
-            ensure_mini_dataset(task)
-            continue
-        try:
-            get_task_dict([task], task_manager)
-        except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
-            missing[task] = f"{type(err).__name__}: {err}"
+    with _single_download_attempt_when_offline():
+        for task in tasks:
+            if task in MINI_TASKS:
+                ensure_mini_dataset(task)
+                continue
+            try:
+                get_task_dict([task], task_manager)
+            except Exception as err:  # datasets / hub / network errors all mean "cannot evaluate this task"
+                missing[task] = f"{type(err).__name__}: {err}"
     if missing:
         # Every missing benchmark at once, so one fetch command fixes the worker. MathVista's and
         # MathVerse's lmms-eval modules build their LLM judge's client when imported, so without its
