@@ -5,10 +5,17 @@ only after every file, including the ``COMPLETE`` marker, is on disk. A crash le
 ``.partial`` directory, which ``latest_checkpoint`` never returns and the next save removes.
 Pruning renames a checkpoint to ``.deleting-<nonce>`` before deleting it, so a kill mid-delete
 never leaves a half-deleted ``iter-XXXXXX``; ``remove_leftovers`` clears what kills leave.
+
+Every file's contents are fsynced before ``COMPLETE`` is written, and ``COMPLETE`` records each
+file's sha256, so a power loss or bit rot after the rename is found at load (``verify``) rather
+than as NaNs iterations later. A checkpoint that fails to load is set aside as
+``iter-XXXXXX.corrupt-<n>`` (kept for inspection, outside the namespace that loading, pruning
+and leftover removal look at) and the run resumes from the previous one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,8 +23,15 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .rundir import RunDirError
+
 COMPLETE = "COMPLETE"
 _NAME = re.compile(r"^iter-(\d{6})$")
+_CORRUPT = re.compile(r"^iter-\d{6}\.corrupt-\d+$")
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint whose files cannot be loaded; the message names the file and the reason."""
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -34,8 +48,19 @@ def new_partial_dir(root: Path, iteration: int) -> Path:
 
 
 def finalize(partial: Path, iteration: int, keep_last: int) -> Path:
-    """Mark complete, rename into place, prune old complete checkpoints."""
-    (partial / COMPLETE).write_text(json.dumps({"iteration": iteration}))
+    """Fsync every file, mark complete with per-file sha256, rename into place, prune old ones."""
+    files = sorted(p for p in partial.rglob("*") if p.is_file() and p.name != COMPLETE)
+    sums = {}
+    for path in files:
+        sums[path.relative_to(partial).as_posix()] = _sha256(path)
+        _fsync_file(path)
+    # a rename is only as durable as the contents it points to: without these, a power loss can leave
+    # 0-byte files in a directory that already says COMPLETE
+    for folder in sorted({p.parent for p in files}, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(folder)
+    marker = partial / COMPLETE
+    marker.write_text(json.dumps({"iteration": iteration, "sha256": sums}))
+    _fsync_file(marker)
     _fsync_dir(partial)
     final = partial.parent / checkpoint_name(iteration)
     if final.exists():
@@ -92,6 +117,53 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def checkpoint_iteration(path: Path) -> int:
     return json.loads((path / COMPLETE).read_text())["iteration"]
+
+
+def verify(path: Path) -> None:
+    """Raise CheckpointError naming the first file whose sha256 is not the one ``COMPLETE`` recorded.
+
+    Checkpoints written before checksums were recorded have none to check and pass.
+    """
+    marker = path / COMPLETE
+    try:
+        sums = json.loads(marker.read_text()).get("sha256", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{marker}: unreadable ({err})") from None
+    for rel, expected in sums.items():
+        file = path / rel
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (listed in {COMPLETE})")
+        if _sha256(file) != expected:
+            raise CheckpointError(f"{file}: sha256 differs from the one recorded when it was written "
+                                  f"({file.stat().st_size} bytes now)")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that failed to load to ``<name>.corrupt-<n>``: out of use, never deleted."""
+    n = 1
+    while (target := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
+def set_aside_checkpoints(root: Path) -> list[Path]:
+    """Checkpoints earlier loads set aside as corrupt, by name."""
+    return sorted(p for p in root.iterdir() if _CORRUPT.match(p.name)) if root.is_dir() else []
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

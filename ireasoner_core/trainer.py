@@ -189,8 +189,8 @@ class Trainer:
     # ----------------------------------------------------------------------------- resume
     def _resume(self) -> int:
         c = self.cfg.checkpoint
-        latest = ckpt.latest_checkpoint(self.ckpt_root) if c.resume else None
-        if latest is None:
+        loaded = self._load_newest_checkpoint() if c.resume else None
+        if loaded is None:
             if self.main and not c.resume:
                 shutil.rmtree(self.ckpt_root, ignore_errors=True)
                 for p in (self.metrics_path, self.diag_path):
@@ -201,12 +201,11 @@ class Trainer:
                     p.unlink(missing_ok=True)
             self.acc.wait_for_everyone()
             return 0
-        state = torch.load(latest / "trainer_state.pt", map_location="cpu", weights_only=False)
+        latest, state, weights, rng = loaded
         if state["config_hash"] != self.cfg.hash() and not c.resume_changed_config:
             raise config_changed_error(self.out, state["config_hash"], self.cfg)
         for role in ROLES:
-            weights = load_peft_weights(str(latest / "adapters" / role), device=str(self.acc.device))
-            set_peft_model_state_dict(self.policy.model, weights, adapter_name=role)
+            set_peft_model_state_dict(self.policy.model, weights[role], adapter_name=role)
             self.opt[role].load_state_dict(state["optimizer"][role])
             self.state[role] = RoleState(**state["roles"][role])
         self.images_skipped = state.get("images_skipped", self.images_skipped)
@@ -217,8 +216,8 @@ class Trainer:
         self._start_slots = state.get("slots_consumed",
                                       iteration * saved_world * self.cfg.schedule.images_per_iteration)
         rng_file = latest / f"rng-rank{self.rank}.pt"
-        if rng_file.exists() and saved_world == self.world:
-            _set_rng(torch.load(rng_file, weights_only=False))
+        if rng is not None and saved_world == self.world:
+            _set_rng(rng)
         elif self.main:
             why = (f"it was written by {saved_world} processes and this run has {self.world}"
                    if saved_world != self.world else f"{rng_file.name} is missing")
@@ -231,6 +230,61 @@ class Trainer:
             JsonlLogger(self.diag_path).truncate_after(iteration)
         self.acc.wait_for_everyone()
         return iteration
+
+    def _load_newest_checkpoint(self) -> tuple[Path, dict[str, Any], dict[str, Any], Any] | None:
+        """The newest complete checkpoint that loads, read; None when there is none.
+
+        One that fails (checksum, truncated or empty file) is set aside as ``.corrupt-<n>`` with a
+        warning naming the file and the reason, and the previous one is tried.
+        """
+        chosen, loaded, error = None, None, None
+        if self.main:
+            for path in reversed(ckpt.complete_checkpoints(self.ckpt_root)):
+                try:
+                    loaded, chosen = self._read_checkpoint(path), path
+                    break
+                except ckpt.CheckpointError as err:
+                    aside = ckpt.set_aside(path)
+                    warnings.warn(f"checkpoint {path.name} cannot be loaded, set aside as {aside.name}: {err}",
+                                  RuntimeWarning, stacklevel=2)
+            aside = ckpt.set_aside_checkpoints(self.ckpt_root)
+            if chosen is None and aside:
+                # Starting over silently would throw away the run's progress: the user decides.
+                error = (f"{self.ckpt_root}: no checkpoint can be loaded (set aside as corrupt: "
+                         f"{', '.join(p.name for p in aside)}); to start over, move them elsewhere to keep them and "
+                         "set checkpoint.resume=false, or use another checkpoint.output_dir")
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            shared = [str(chosen) if chosen is not None else None, error]
+            broadcast_object_list(shared, from_process=0)
+            chosen, error = (Path(shared[0]) if shared[0] else None), shared[1]
+        if error:
+            raise ckpt.CheckpointError(error)
+        if chosen is not None and loaded is None:
+            loaded = self._read_checkpoint(chosen)
+        return (chosen, *loaded) if chosen is not None else None
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """Checksums verified, then trainer state, adapter weights and this rank's rng state (None if absent)."""
+        ckpt.verify(path)
+
+        def read(file: Path, load: Callable[[Path], Any]) -> Any:
+            try:
+                return load(file)
+            except Exception as err:  # torch/pickle/safetensors raise many types for one cause: a damaged file
+                reason = (str(err).strip().splitlines() or [""])[0]
+                raise ckpt.CheckpointError(f"{file}: {type(err).__name__}: {reason}") from None
+
+        state = read(path / "trainer_state.pt", lambda f: torch.load(f, map_location="cpu", weights_only=False))
+        weights = {}
+        for role in ROLES:
+            folder = path / "adapters" / role
+            named = next(iter(sorted(folder.glob("adapter_model.*"))), folder)  # name the file where there is one
+            weights[role] = read(named, lambda f: load_peft_weights(str(folder), device=str(self.acc.device)))
+        rng_file = path / f"rng-rank{self.rank}.pt"
+        rng = read(rng_file, lambda f: torch.load(f, weights_only=False)) if rng_file.exists() else None
+        return state, weights, rng
 
     def _save_checkpoint(self, iteration: int) -> Path | None:
         partial = None

@@ -5,6 +5,7 @@ Every test drives the real embedded Qwen2.5-VL or the real Trainer; nothing is m
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -77,6 +78,9 @@ def test_resume_from_another_world_size_continues_the_image_order_and_warns(tiny
     # As if the checkpoint had been written by a 3-process run (iterations 1-2 took slots 0..5).
     state.update(world=3, slots_consumed=6)
     torch.save(state, path / "trainer_state.pt")
+    marker = json.loads((path / "COMPLETE").read_text())   # the edit is deliberate: record its checksum
+    marker["sha256"]["trainer_state.pt"] = hashlib.sha256((path / "trainer_state.pt").read_bytes()).hexdigest()
+    (path / "COMPLETE").write_text(json.dumps(marker))
     tr2 = Trainer(cfg)
     with pytest.warns(RuntimeWarning, match="random-number states"):
         assert tr2._resume() == 2
