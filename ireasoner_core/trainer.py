@@ -142,6 +142,7 @@ class Trainer:
                 self.acc.wait_for_everyone()
             manifest = sample_pool([Path(folder)], d.pool_size, self.cfg.seed, d.include_subfolders)
         self.images_skipped = len(manifest.skipped)
+        self._named_skips: set[str] = set()  # images skipped at load and already named in a warning
         if self.main:
             check_resumed_pool(self.out, self.cfg.checkpoint.resume, manifest.images)
             manifest.write(self.out / "pool.json")
@@ -177,11 +178,16 @@ class Trainer:
             for attempt in range(len(self.pool)):
                 path = self._image_path(slot + attempt * run_slots)
                 try:
-                    images.append(load_image(path))
+                    # Images over the decode cap are downscaled once and cached in the run folder.
+                    images.append(load_image(path, cache_dir=self.out / "image_cache"))
                     paths.append(path)
                     break
-                except ImagePoolError:
+                except ImagePoolError as err:
                     skipped += 1
+                    # Named once, not only counted, so that the user can find the file (a later epoch draws it again).
+                    if path not in self._named_skips:
+                        self._named_skips.add(path)
+                        warnings.warn(f"skipping image: {err}", stacklevel=2)
             else:
                 raise ImagePoolError("no image in the pool can be decoded")
         return images, skipped, paths

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from ireasoner_core.data.pool import PoolManifest, sample_pool
+from ireasoner_core.data.pool import PoolManifest, describe_skipped, sample_pool
 
 SYNTHETIC_DONE = ".complete"
 
@@ -34,10 +34,11 @@ class PoolRef(BaseModel):
 
 def sources_fingerprint(sources: list[Path]) -> str:
     """sha256 over every file's relative path, size and mtime in the source folders (no image decoding);
-    a broken symbolic link counts by its name, so repairing it makes a new pool."""
+    a broken symbolic link counts by its name, so repairing it makes a new pool. Names are hashed as the
+    file system's bytes, so a name that is not UTF-8 hashes too (the scan skips and names it)."""
     h = hashlib.sha256()
     for root in sources:
-        h.update(str(root).encode())
+        h.update(os.fsencode(root))
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
@@ -45,9 +46,9 @@ def sources_fingerprint(sources: list[Path]) -> str:
                 try:
                     st = p.stat()
                 except OSError:  # dangling link or link loop: the scan skips and counts it; so do we
-                    h.update(f"{p.relative_to(root)}\0broken\n".encode())
+                    h.update(os.fsencode(p.relative_to(root)) + b"\0broken\n")
                     continue
-                h.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                h.update(os.fsencode(p.relative_to(root)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -89,8 +90,10 @@ def sample_image_pool(sources: list[str], size: int | None, seed: int, synthetic
         roots = [synthetic_folder(pools, synthetic_images, seed)]
         log.info("no image sources given: using %d synthetic images in %s", synthetic_images, roots[0])
     manifest, path, cached = sample_pool_cached(roots, size, seed, pools)
-    log.info("pool %s: %d images (%d skipped as unreadable)%s -> %s", manifest.hash(), len(manifest.images),
+    log.info("pool %s: %d images (%d skipped as unreadable or unusable)%s -> %s", manifest.hash(), len(manifest.images),
              len(manifest.skipped), " [cached]" if cached else "", path)
+    if manifest.skipped:
+        log.warning("pool: %s", describe_skipped([(s["path"], s["reason"]) for s in manifest.skipped], full_paths=True))
     for note in manifest.notes:
         log.warning("pool: %s", note)
     return PoolRef(manifest=str(path), data_hash=manifest.hash(), images=len(manifest.images),

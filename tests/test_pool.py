@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -13,10 +14,13 @@ from PIL import Image
 
 from ireasoner_core.config import DataConfig
 from ireasoner_core.data.pool import (
+    MAX_ASPECT_RATIO,
     ImagePoolError,
     PoolManifest,
+    decoded_size,
     load_image,
     manifest_from_config,
+    processor_problem,
     sample_pool,
     scan_images,
 )
@@ -80,7 +84,7 @@ def test_only_corrupt_files(tmp_path):
         scan_images(tmp_path)
     msg = str(err.value)
     assert f"no readable images in {tmp_path}" in msg
-    assert "2 files skipped as corrupt: x.png (" in msg and "y.jpg (" in msg
+    assert "2 files skipped as corrupt or unusable: x.png (" in msg and "y.jpg (" in msg
 
 
 def test_corrupt_files_skipped_and_counted(mixed):
@@ -264,3 +268,108 @@ def test_flow_pool_fingerprint_survives_broken_symlinks_and_sees_them_change(tmp
     before = sources_fingerprint([tmp_path])
     _png(tmp_path / "missing.png")  # the dangling link now points at an image
     assert sources_fingerprint([tmp_path]) != before
+
+
+# ----------------------------------------------------------------------------- issue 29: images the model cannot use
+
+
+def test_aspect_ratio_limit_is_the_one_transformers_enforces(embedded_model_dir):
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    cfg = json.loads((embedded_model_dir / "processor_config.json").read_text())["image_processor"]
+    processors = [{}, {"factor": cfg["patch_size"] * cfg["merge_size"], "min_pixels": cfg["size"]["shortest_edge"],
+                       "max_pixels": cfg["size"]["longest_edge"]}]
+    sizes = [(1200, 4), (4, 1200), (201, 1), (200, 1), (1, 1), (3, 600), (3, 601), (2, 401), (640, 480)]
+    for kwargs in processors:
+        for w, h in sizes:
+            try:
+                smart_resize(h, w, **kwargs)
+                refused = False
+            except ValueError:
+                refused = True
+            assert (processor_problem(w, h) is not None) == refused, (w, h, kwargs)
+    assert MAX_ASPECT_RATIO == 200
+
+
+def test_a_banner_is_skipped_at_scan_and_named_in_manifest_and_log(tmp_path, caplog):
+    _png(tmp_path / "good.png")
+    _png(tmp_path / "banner.png", size=(1200, 4))        # a separator line from a scraped folder
+    _png(tmp_path / "tall.png", size=(3, 600))            # ratio 200: the processor takes it
+    with caplog.at_level("WARNING", logger="ireasoner_core.data.pool"):
+        m = sample_pool([tmp_path], None, seed=0)
+    assert sorted(Path(p).name for p in m.images) == ["good.png", "tall.png"]
+    assert m.skipped == [{"path": str(tmp_path / "banner.png"),
+                          "reason": "unusable by the model: 1200x4 pixels: aspect ratio 300 is over the "
+                                    "Qwen2-VL processor's limit of 200"}]
+    assert str(tmp_path / "banner.png") in caplog.text and "aspect ratio 300" in caplog.text
+    # A hand-written manifest bypasses the scan: the load refuses it, naming the file, and the trainer skips it.
+    with pytest.raises(ImagePoolError, match=re.escape(f"image {tmp_path / 'banner.png'} is unusable by the model")):
+        load_image(tmp_path / "banner.png")
+
+
+def test_a_large_image_is_downscaled_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    import ireasoner_core.data.pool as pool
+
+    src = tmp_path / "big.png"
+    Image.effect_noise((300, 200), 40).convert("RGB").save(src)
+    cache = tmp_path / "cache"
+    first = load_image(src, cache_dir=cache, max_pixels=6000)
+    assert first.size == decoded_size(300, 200, 6000) == (94, 63)
+    assert len(list(cache.glob("*.png"))) == 1
+    # The second load must not decode the source: the decode path is made to fail.
+    monkeypatch.setattr(pool.ImageOps, "exif_transpose", lambda im: 1 / 0)
+    again = load_image(src, cache_dir=cache, max_pixels=6000)
+    assert again.tobytes() == first.tobytes()
+    monkeypatch.undo()
+    assert load_image(src).size == (300, 200)             # under the default cap: untouched
+
+
+def test_a_large_rotated_jpeg_is_downscaled_upright(tmp_path):
+    src = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6                                        # stored landscape, shown portrait
+    Image.effect_noise((400, 100), 40).convert("RGB").save(src, exif=exif.tobytes())
+    assert load_image(src, max_pixels=4000).size == decoded_size(100, 400, 4000) == (31, 126)
+
+
+def _bytes_name_png(folder: Path, name: bytes) -> None:
+    with open(os.path.join(os.fsencode(folder), name), "wb") as f:
+        Image.new("RGB", (8, 6), (1, 2, 3)).save(f, format="PNG")
+
+
+def test_a_non_utf8_file_name_is_skipped_named_and_fingerprinted(tmp_path):
+    from tasks.pool import sources_fingerprint
+
+    _png(tmp_path / "good.png")
+    _bytes_name_png(tmp_path, b"\xff.png")
+    m = sample_pool([tmp_path], None, seed=0)
+    assert [Path(p).name for p in m.images] == ["good.png"]
+    assert m.skipped == [{"path": f"{tmp_path}/\\xff.png", "reason": "file name is not valid UTF-8 (rename the file)"}]
+    assert PoolManifest.read(m.write(tmp_path / "pool.json")).skipped == m.skipped
+    before = sources_fingerprint([tmp_path])
+    _bytes_name_png(tmp_path, b"\xfe.png")
+    assert sources_fingerprint([tmp_path]) != before
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    data = _jpeg_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_finishes_on_the_images_it_can_use_and_names_the_others(tiny_cfg, tmp_path):
+    from ireasoner_core.trainer import train
+
+    images = tmp_path / "images"
+    _png(images / "good.png", size=(64, 48))
+    _png(images / "banner.png", size=(1200, 4))
+    _truncated_jpeg(images / "cut.jpg")                   # passes the scan (no decoding), fails at load
+    cfg = tiny_cfg(**{"data.image_dir": str(images), "schedule.iterations": 2, "checkpoint.every": 2,
+                      "sampling.solver_max_new_tokens": 8, "sampling.proposer_max_new_tokens": 8})
+    with pytest.warns(UserWarning, match=re.escape(f"skipping image: cannot decode image {images / 'cut.jpg'}")):
+        result = train(cfg)
+    assert result.iterations == 2
+    pool = json.loads((cfg.checkpoint.output_dir / "pool.json").read_text())
+    assert [s["path"] for s in pool["skipped"]] == [str(images / "banner.png")]
+    assert result.images_skipped >= 2                     # the banner at scan, the cut JPEG at load
