@@ -308,7 +308,7 @@ def test_a_banner_is_skipped_at_scan_and_named_in_manifest_and_log(tmp_path, cap
 
 
 def test_a_large_image_is_downscaled_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    import ireasoner_core.data.pool as pool
+    from ireasoner_core.data import pool
 
     src = tmp_path / "big.png"
     Image.effect_noise((300, 200), 40).convert("RGB").save(src)
