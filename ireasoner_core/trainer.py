@@ -278,7 +278,7 @@ class Trainer:
         def read(file: Path, load: Callable[[Path], Any]) -> Any:
             try:
                 return load(file)
-            except Exception as err:  # torch/pickle/safetensors raise many types for one cause: a damaged file
+            except Exception as err:  # noqa: BLE001  torch/pickle/safetensors raise many types for one cause: a damaged file
                 reason = (str(err).strip().splitlines() or [""])[0]
                 raise ckpt.CheckpointError(f"{file}: {type(err).__name__}: {reason}") from None
 
@@ -287,7 +287,7 @@ class Trainer:
         for role in ROLES:
             folder = path / "adapters" / role
             named = next(iter(sorted(folder.glob("adapter_model.*"))), folder)  # name the file where there is one
-            weights[role] = read(named, lambda f: load_peft_weights(str(folder), device=str(self.acc.device)))
+            weights[role] = read(named, lambda f, d=folder: load_peft_weights(str(d), device=str(self.acc.device)))
         rng_file = path / f"rng-rank{self.rank}.pt"
         rng = read(rng_file, lambda f: torch.load(f, weights_only=False)) if rng_file.exists() else None
         return state, weights, rng

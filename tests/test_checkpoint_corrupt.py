@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from ireasoner_core import checkpoint as ckpt
 
 FAST = {"schedule.iterations": 2, "checkpoint.every": 1, "checkpoint.keep_last": 2,
