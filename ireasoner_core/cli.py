@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,10 +52,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     quiet_known_warnings()  # as the flow's training does: a healthy run prints no third-party FutureWarning
 
+    from .preempt import TrainingInterrupted
+
     try:
         result = train(cfg)
     except (ImagePoolError, ModelLoadError, RunDirError) as err:
         raise CliError(str(err)) from None
+    except TrainingInterrupted as stopped:      # SIGTERM / SIGINT: a checkpoint was written, 128 + signal
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     from accelerate import PartialState
 
     if PartialState().is_main_process:

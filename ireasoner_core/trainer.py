@@ -43,6 +43,7 @@ from .data.pool import ImagePoolError, PoolManifest, load_image, sample_pool
 from .model import resolve_dtype
 from .parsing import parse_question, parse_rollout
 from .policy import ROLES, Policy, RolloutBatch
+from .preempt import StopRequest, TrainingInterrupted, stop_on_signals
 from .prompts import FALLBACK_QUESTION
 from .rundir import check_resumed_pool, config_changed_error, run_dir_lock
 from .rewards import (kl_controller, leave_one_out, proposer_reward, solver_rewards, update_baseline,
@@ -108,6 +109,8 @@ class Trainer:
         # Called as hook(phase, "start" | "end") around each timed phase, inside its wall time at the
         # end (so a GPU synchronize is counted); benchmarks read per-phase peak memory through it.
         self.phase_hooks: list[Callable[[str, str], None]] = []
+        # Set by a signal handler (preempt.stop_on_signals) or by the flow running this in a thread.
+        self.stop = StopRequest()
 
         # Identical LoRA initialisation on every process, then a distinct sampling stream per rank.
         _seed_everything(cfg.seed)
@@ -516,6 +519,15 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
 
     # ----------------------------------------------------------------------------- the loop
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop; every process gets the same answer (and signal)."""
+        if self.world > 1:      # so that all ranks checkpoint the same iteration
+            flag = torch.tensor([self.stop.signum or 0], dtype=torch.int64, device=self.acc.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if int(flag.item()):
+                self.stop.request(int(flag.item()))
+        return self.stop.requested
+
     def train(self) -> TrainResult:
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -525,12 +537,18 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(cfg, start)
         total = cfg.schedule.iterations
+        last_saved: Path | None = None
         for t in range(start + 1, total + 1):
+            if self._stop_agreed():     # arrived while loading, resuming or saving: nothing new to save
+                raise TrainingInterrupted(self.stop.signum, last_saved, t - 1)
             record = self.iteration(t)
             for cb in self.callbacks:
                 cb.on_iteration(record)
-            if t % cfg.checkpoint.every == 0 or t == total:
-                self._save_checkpoint(t)
+            stopping = self._stop_agreed()
+            if t % cfg.checkpoint.every == 0 or t == total or stopping:
+                last_saved = self._save_checkpoint(t)
+            if stopping and t < total:
+                raise TrainingInterrupted(self.stop.signum, last_saved, t)
         final = self.out / "final"
         if self.main and (start < total or not (final / "solver").is_dir()):
             partial = self.out / f"final.partial-{os.getpid()}"
@@ -551,13 +569,26 @@ class Trainer:
         return result
 
 
-def train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
-    """Run (or resume) one training run described by ``cfg``."""
-    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run directory for the whole group
-        return Trainer(cfg, callbacks).train()
-    with run_dir_lock(Path(cfg.checkpoint.output_dir)):
-        ckpt.remove_leftovers(Path(cfg.checkpoint.output_dir), cfg.checkpoint.keep_last)
-        return Trainer(cfg, callbacks).train()
+def train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback] = (), stop: StopRequest | None = None) -> TrainResult:
+    """Run (or resume) one training run described by ``cfg``.
+
+    ``stop``: given, the caller stops the training through it (a flow running it in a thread); else
+    SIGTERM and SIGINT do, when this is the main thread. Either way a stop raises TrainingInterrupted
+    after a checkpoint of the current iteration.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    with stop_on_signals(stop := stop or StopRequest(), announce=rank == 0):
+        if rank != 0:  # rank 0 holds the run directory for the whole group
+            return _train(cfg, callbacks, stop)
+        with run_dir_lock(Path(cfg.checkpoint.output_dir)):
+            ckpt.remove_leftovers(Path(cfg.checkpoint.output_dir), cfg.checkpoint.keep_last)
+            return _train(cfg, callbacks, stop)
+
+
+def _train(cfg: TrainConfig, callbacks: Sequence[TrainerCallback], stop: StopRequest) -> TrainResult:
+    trainer = Trainer(cfg, callbacks)
+    trainer.stop = stop
+    return trainer.train()
 
 
 class _PhaseTimer:
