@@ -46,6 +46,7 @@ from .policy import ROLES, Policy, RolloutBatch
 from .preempt import StopRequest, TrainingInterrupted, stop_on_signals
 from .prompts import FALLBACK_QUESTION
 from .rundir import check_resumed_pool, config_changed_error, run_dir_lock
+from .storage import save_torch, writing
 from .rewards import (kl_controller, leave_one_out, proposer_reward, solver_rewards, update_baseline,
                       warmup_lambda)
 
@@ -300,10 +301,11 @@ class Trainer:
         if self.main:
             partial = ckpt.new_partial_dir(self.ckpt_root, iteration)
         partial = _broadcast_path(self.acc, partial)
-        torch.save(_get_rng(), partial / f"rng-rank{self.rank}.pt")
+        save_torch(_get_rng(), partial / f"rng-rank{self.rank}.pt")
         if self.main:
-            self.policy.model.save_pretrained(str(partial / "adapters"), selected_adapters=list(ROLES))
-            torch.save({
+            with writing(partial / "adapters"):  # a full disk or file-size limit names the folder
+                self.policy.model.save_pretrained(str(partial / "adapters"), selected_adapters=list(ROLES))
+            save_torch({
                 "iteration": iteration, "config_hash": self.cfg.hash(), "world": self.world,
                 "roles": {r: asdict(s) for r, s in self.state.items()},
                 "optimizer": {r: o.state_dict() for r, o in self.opt.items()},
@@ -553,7 +555,8 @@ class Trainer:
         if self.main and (start < total or not (final / "solver").is_dir()):
             partial = self.out / f"final.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
-            self.policy.model.save_pretrained(str(partial), selected_adapters=list(ROLES))
+            with writing(partial):
+                self.policy.model.save_pretrained(str(partial), selected_adapters=list(ROLES))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
         self.acc.wait_for_everyone()
