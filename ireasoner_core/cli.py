@@ -58,6 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg)
     except (ImagePoolError, ModelLoadError, RunDirError) as err:
         raise CliError(str(err)) from None
+    except OSError as err:  # full disk, file-size limit, read-only folder: the user's environment
+        from .storage import describe_os_error
+
+        raise CliError(describe_os_error(err, cfg.checkpoint.output_dir)) from None
     except TrainingInterrupted as stopped:      # SIGTERM / SIGINT: a checkpoint was written, 128 + signal
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {stopped}", file=sys.stderr)

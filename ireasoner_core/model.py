@@ -53,6 +53,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -186,6 +187,30 @@ def _cap_image_pixels(processor: ProcessorMixin, max_pixels: int) -> None:
             setattr(ip, attr, value)
 
 
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _check_weight_files(folder: Path, path: str) -> None:
+    """A local checkpoint has weight files and each safetensors header covers its file (not truncated)."""
+    files = sorted(f for pattern in _WEIGHT_FILES for f in folder.glob(pattern))
+    if not files:
+        raise ModelLoadError(f"model.name_or_path: {path} has no weights (no model.safetensors or "
+                             "pytorch_model.bin); was the download or copy complete?")
+    for f in files:
+        if f.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(f), framework="pt"):  # reads the header only: seconds for a 7B checkpoint
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(f"model.name_or_path: {f} is truncated or corrupt ({_first_line(err)}); "
+                                 "download or copy it again") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def load_backbone(model_cfg: ModelConfig, device: torch.device | str = "cpu",
                   dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Frozen Qwen2.5-VL in eval mode plus its processor (left padding, pad token set)."""
@@ -195,14 +220,22 @@ def load_backbone(model_cfg: ModelConfig, device: torch.device | str = "cpu",
     dtype = dtype if dtype is not None else resolve_dtype(model_cfg.dtype, device)
     local = Path(path).expanduser()
     source = str(local) if local.exists() else path
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        source, dtype=dtype, attn_implementation=model_cfg.attn_implementation
-    )
+    if local.is_dir():
+        _check_weight_files(local, path)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, attn_implementation=model_cfg.attn_implementation
+        )
+    except (OSError, SafetensorError) as err:  # a hub download cut short, an unreadable shard
+        raise ModelLoadError(f"model.name_or_path: cannot load the weights of {path}: {_first_line(err)}") from None
     model.to(device)
     model.eval()
     model.requires_grad_(False)
 
-    processor = AutoProcessor.from_pretrained(source)
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError) as err:  # no tokenizer or processor files, or unreadable ones
+        raise ModelLoadError(f"model.name_or_path: cannot load the processor of {path}: {_first_line(err)}") from None
     _cap_image_pixels(processor, model_cfg.max_image_pixels)
     tok = processor.tokenizer
     # Batched generation appends to the right end of every row.
