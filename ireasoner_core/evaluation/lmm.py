@@ -101,6 +101,29 @@ def find_adapter_dir(path: str | Path) -> Path:
     raise AdapterError(f"adapter: {p} holds no adapter_config.json (expected a peft adapter saved with save_pretrained)")
 
 
+def load_adapter(model: Any, folder: Path, base: str) -> Any:
+    """``model`` with the solver adapter in ``folder``; an unreadable or misfitting adapter is an AdapterError naming its file."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    weights = next(iter(sorted(folder.glob("adapter_model.*"))), folder)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), adapter_name="solver", is_trainable=False)
+    except (SafetensorError, OSError, EOFError) as err:
+        raise AdapterError(f"adapter: {weights} is truncated or corrupt ({_first_line(err)})") from None
+    except RuntimeError as err:
+        # torch lists every mismatching tensor; the first names the shapes.
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        if not lines:
+            raise
+        raise AdapterError(f"adapter: {weights} does not fit the model {base} (trained on another base model?): "
+                           f"{lines[0]}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _last_boxed(text: str) -> str | None:
     # Braces nest inside \boxed{...} (\frac{1}{2}), so the closing one is found by counting.
     start = text.rfind(_BOXED)
@@ -234,12 +257,10 @@ class IReasonerLMM(lmms):
         model, self.processor = load_backbone(model_cfg, device=self._device, dtype=load_dtype)
         self.dtype = str(load_dtype).removeprefix("torch.")
         if self.adapter_path is not None:
-            from peft import PeftModel
-
             from ..quiet import quiet_known_warnings
 
             quiet_known_warnings()  # peft's read of a deprecated transformers property
-            model = PeftModel.from_pretrained(model, str(self.adapter_path), adapter_name="solver", is_trainable=False)
+            model = load_adapter(model, self.adapter_path, model_cfg.name_or_path)
             if merge_adapter:
                 # W + BA folded into W once: generation then runs at the base model's speed (unmerged
                 # LoRA layers made CPU evaluation of the embedded model 3-5x slower).
