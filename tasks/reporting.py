@@ -416,6 +416,28 @@ def compare_sweeps(experiment: str, tracking_uri: str | None, sweeps: Sequence[s
     return result
 
 
+def missing_store(uri: str) -> str | None:
+    """Why a local tracking store does not exist (None when it does, or is not local).
+
+    MLflow creates a missing SQLite file or file-store folder when it opens one, so a mistyped
+    ``--tracking-uri`` would leave an empty store behind and then report "experiment not found".
+    """
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return None
+        return None if Path(database).is_file() else f"the MLflow store {uri} does not exist (no file {database})"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme == "file" else uri)
+        return None if folder.is_dir() else f"the MLflow store {uri} does not exist (no folder {folder})"
+    return None   # a server or a database: it answers for itself
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`ireasoner report --experiment ireasoner [--parent-run-id ID] [--out-dir DIR]`."""
     # A report downloads every variant's per-item scores: one progress bar per artifact (15 for a
@@ -446,6 +468,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                else Path("reports") / args.experiment)
     # The same store the flow writes to when nothing is configured.
     uri = args.tracking_uri or default_tracking_uri()
+    if args.resamples < 1:
+        print(f"ireasoner report: --resamples must be at least 1 (paired bootstrap resamples), got {args.resamples}",
+              file=sys.stderr)
+        return 2
+    missing = missing_store(uri)
+    if missing:
+        print(f"ireasoner report: {missing}; check --tracking-uri or MLFLOW_TRACKING_URI", file=sys.stderr)
+        return 2
     try:
         if args.compare:
             res = compare_sweeps(args.experiment, uri, args.compare, out_dir, n_resamples=args.resamples,
