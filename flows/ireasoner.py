@@ -45,6 +45,7 @@ from flows.spec import (
     plan_variants,
     resolve_path,
 )
+from ireasoner_core.config import flat_overrides
 from ireasoner_core.evaluation.runner import sampled_plan
 from tasks.conventions import (
     EXPERIMENT,
@@ -206,6 +207,9 @@ def with_changes(spec: ExperimentSpec, changes: dict[str, Any]) -> ExperimentSpe
     unknown = sorted(set(changes) - set(ExperimentSpec.model_fields))
     if unknown:
         raise ValueError(f"changes: unknown spec fields {unknown}; known: {', '.join(ExperimentSpec.model_fields)}")
+    if isinstance(changes.get("overrides"), dict):
+        # The spec's overrides are dotted: a nested change must meet them key for key.
+        changes = {**changes, "overrides": flat_overrides(changes["overrides"], "changes.overrides")}
     return ExperimentSpec.model_validate(merge(spec.model_dump(mode="json"), changes))
 
 

@@ -16,28 +16,57 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import yaml
 
 
-def _set(spec: dict, dotted: str, value) -> None:
+def _merge(base: Any, change: Any) -> Any:
+    """``change`` over ``base``: mappings merge key by key (as the flow's ``changes``), anything else replaces."""
+    if isinstance(base, dict) and isinstance(change, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in change.items()}}
+    return change
+
+
+def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one ``--set FIELD=VALUE`` to a spec dict; a mapping value merges into the field's mapping."""
+    from ireasoner_core.config import flat_overrides
+
+    head, _, rest = dotted.partition(".")
+    if head == "overrides":
+        # Run-config overrides are keyed by dotted field names: overrides.sampling.temperature=0.7
+        # is the key 'sampling.temperature', merged field by field with the preset's overrides.
+        change = {rest: value} if rest else value
+        if not isinstance(change, dict):
+            raise ValueError(f"--set overrides: expects a mapping of run-config fields, got {value!r}")
+        spec["overrides"] = {**flat_overrides(spec.get("overrides") or {}),
+                             **flat_overrides(change, "--set overrides")}
+        return
     node = spec
     parts = dotted.split(".")
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
-    node[parts[-1]] = value
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {'.'.join(parts[:i + 1])} is not a mapping")
+    node[parts[-1]] = _merge(node.get(parts[-1]), value)
 
 
-def preset_spec(preset: str, sets: list[str]) -> dict:
+def preset_spec(preset: str, sets: list[str]) -> dict[str, Any]:
     """The preset's spec dict with each ``FIELD=VALUE`` of ``--set`` applied (values read as YAML)."""
     from flows.presets import PRESETS
+    from ireasoner_core.config import load_yaml
 
     spec_dict = yaml.safe_load(yaml.safe_dump(PRESETS[preset]))
     for pair in sets:
         if "=" not in pair:
             raise ValueError(f"--set expects FIELD=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        _set(spec_dict, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = load_yaml(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key.strip()}: {value!r} is not a YAML value: "
+                             f"{getattr(err, 'problem', None) or err}") from None
+        _set(spec_dict, key.strip(), parsed)
     return spec_dict
 
 

@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ireasoner_core.config import (
@@ -33,6 +32,8 @@ from ireasoner_core.config import (
     TrainConfig,
     build_config,
     build_model_config,
+    flat_overrides,
+    read_config_yaml,
 )
 from tasks.conventions import BASELINE
 from tasks.provenance import REPO_ROOT
@@ -42,7 +43,8 @@ VARIANT_GROUPS: dict[str, list[str]] = {"table2": TABLE2_ABLATIONS, "table3": TA
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: as in the run config, an infinite or NaN number is never a setting.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -57,7 +59,13 @@ class VariantSpec(_Spec):
     name: str = Field(description="Label of the variant in MLflow and in the results table.")
     ablation: str = Field("full", description="SPEC.md ablation name, or 'baseline' (no training).")
     overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="Dotted run-config overrides, e.g. {'rewards.eta': 0.1}.")
+                                      description="Dotted run-config overrides, e.g. {'rewards.eta': 0.1} "
+                                                  "(a nested {'rewards': {'eta': 0.1}} changes only that field).")
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return flat_overrides(v)
 
     @field_validator("name")
     @classmethod
@@ -110,6 +118,19 @@ class EvaluationSpec(_Spec):
         None, ge=0, description="Sampled accuracy avg@k: k answers per item at temperature 1, scored beside the "
                                 "greedy one. None = 5 on the mini tasks and off on the others; 0 = off.")
 
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        # Here, not at evaluation: a typo must fail before the pool and hours of training, not after.
+        # Whether each dataset can be loaded stays an evaluation-time check (it needs the worker's cache).
+        from ireasoner_core.evaluation.runner import EvaluationError, check_task_names
+
+        try:
+            check_task_names(v)
+        except EvaluationError as err:
+            raise ValueError(str(err)) from None
+        return v
+
 
 class ResourcesSpec(_Spec):
     devices_per_variant: int = Field(
@@ -137,7 +158,8 @@ class ExperimentSpec(_Spec):
     images: ImagesSpec = Field(default_factory=ImagesSpec)
     iterations: int | None = Field(None, gt=0, description="schedule.iterations for every variant.")
     overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="Dotted run-config overrides applied to every variant.")
+                                      description="Dotted run-config overrides applied to every variant (a "
+                                                  "nested section changes only the fields it names).")
     variants: list[str | VariantSpec] = Field(
         default_factory=lambda: ["full"],
         description="Ablation names of SPEC.md, 'baseline', 'table2'/'table3' (all of that paper table), "
@@ -153,6 +175,12 @@ class ExperimentSpec(_Spec):
         if not v or any(c in v for c in "/\\ ,"):
             raise ValueError(f"name {v!r} must be non-empty without '/', '\\\\', spaces or commas")
         return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Dotted keys only, so that a variant's or a change's overrides merge field by field.
+        return flat_overrides(v)
 
     @field_validator("base_config")
     @classmethod
@@ -221,11 +249,8 @@ class ExperimentSpec(_Spec):
     def base_dict(self) -> dict[str, Any]:
         if self.base_config is None:
             return {}
-        data = yaml.safe_load(resolve_path(self.base_config).read_text()) or {}
-        if not isinstance(data, dict):
-            # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
-            raise ValueError(f"base_config {self.base_config}: top level must be a mapping")  # noqa: TRY004
-        return data
+        # ConfigError is a ValueError: pydantic reports it as a validation error naming the file.
+        return read_config_yaml(resolve_path(self.base_config))
 
     def train_config(self, variant: VariantSpec, seed: int, manifest: Path | None,
                      output_dir: Path | None = None) -> TrainConfig:

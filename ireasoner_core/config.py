@@ -22,7 +22,9 @@ EMBEDDED_MODEL = "embedded"
 
 class _Section(BaseModel):
     # extra="forbid": a typo in a YAML key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite or NaN float (`lr: .inf`) passes every bound check and
+    # would only surface as a NaN loss a few iterations in.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -281,6 +283,19 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def flat_overrides(overrides: dict[str, Any], source: str = "overrides") -> dict[str, Any]:
+    """Overrides with dotted keys only: a section given as a mapping changes only the fields it names."""
+    # {"sampling": {"temperature": 0.7}} would otherwise replace the whole section, silently
+    # dropping the base config's other sampling fields for their defaults.
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        for k, v in (_flatten(value, f"{key}.") if isinstance(value, dict) else {key: value}).items():
+            if k in out and out[k] != v:
+                raise ConfigError(f"{source}: {k} is given twice, as {out[k]!r} and as {v!r}")
+            out[k] = v
+    return out
+
+
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = d
@@ -305,7 +320,8 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
                  source: str = "<dict>") -> TrainConfig:
     """Validate a nested dict plus dotted overrides, then apply the named ablation."""
     raw: dict[str, Any] = json.loads(json.dumps(data or {}, default=str))
-    for key, value in (overrides or {}).items():
+    overrides = flat_overrides(overrides or {})
+    for key, value in overrides.items():
         _set_dotted(raw, key, value)
     ablation = raw.get("ablation", "full")
     if ablation not in ABLATIONS:
@@ -314,7 +330,7 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     for key, value in ABLATIONS[ablation].items():
         # An explicit override the ablation would silently replace is an error, not a loss: which
         # of the two the user meant cannot be guessed (no_warmup with lambda_end=0.3 is neither).
-        if key in (overrides or {}) and overrides[key] != value:
+        if key in overrides and overrides[key] != value:
             raise ConfigError(f"invalid configuration ({source}):\n  override {key}={overrides[key]!r} contradicts "
                               f"ablation {ablation!r}, which sets {key}={value!r}; drop the override, or use "
                               "ablation=full with the fields you want")
@@ -330,7 +346,7 @@ def build_model_config(data: dict[str, Any] | None = None, overrides: dict[str, 
     """Validate a model section on its own (``model.``-prefixed overrides): what a baseline
     evaluates needs no data, schedule or run directory, whatever the model is."""
     raw: dict[str, Any] = json.loads(json.dumps(data or {}, default=str))
-    for key, value in (overrides or {}).items():
+    for key, value in flat_overrides(overrides or {}).items():
         _set_dotted(raw, key.removeprefix("model."), value)
     try:
         return ModelConfig.model_validate(raw)
@@ -343,13 +359,60 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    return build_config(read_config_yaml(path), overrides, source=str(path))
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Two `schedule:` blocks would otherwise leave only the second, and the first's values
+        # would be replaced by the defaults without a word. Merge keys (<<) may be overridden.
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if seen is not None:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1, seen)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice in a YAML document."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"line {line}: key {key!r} is given twice (first on line {first_line}); "
+                         "YAML would keep only the last; merge the two")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML as ``yaml.safe_load`` does, but refusing duplicate keys (DuplicateKeyError)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_config_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ConfigError naming the file (and the line) if it is not one."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(Path(path).read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config file {path}, {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f", line {where.line + 1}" if where is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: cannot read it: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
-    return build_config(data, overrides, source=str(path))
+    return data
 
 
 def apply_ablation(cfg: TrainConfig, name: str) -> TrainConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ireasoner_core.config import (
@@ -184,3 +186,65 @@ def test_train_cli_names_the_problem_without_a_traceback(case, tmp_path, capsys,
                 "missing_model": f"model.name_or_path: directory not found: {tmp_path / 'no-model'}",
                 "output_dir_is_a_file": f"checkpoint.output_dir {tmp_path / 'a-file'} is a file"}[case]
     assert "error: " + expected in err and "Traceback" not in err, err
+
+
+# --- issue 29: no silent section replacement, duplicate YAML keys, non-finite numbers ---------------
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def test_a_section_valued_override_changes_only_the_fields_it_names():
+    # tiny.yaml sets 96/48 new tokens; a nested override used to replace the whole sampling section.
+    cfg = load_config(TINY, {"sampling": {"temperature": 0.7}, "schedule": {}})
+    assert cfg.sampling.temperature == 0.7
+    assert (cfg.sampling.solver_max_new_tokens, cfg.sampling.proposer_max_new_tokens) == (96, 48)
+    assert cfg.schedule.iterations == 20  # an empty section changes nothing
+    assert cfg == load_config(TINY, {"sampling.temperature": 0.7})
+    with pytest.raises(ConfigError, match=r"sampling\.temperature is given twice, as 0\.5 and as 0\.7"):
+        load_config(TINY, {"sampling.temperature": 0.5, "sampling": {"temperature": 0.7}})
+    # A nested override the ablation contradicts is caught as the dotted one is.
+    with pytest.raises(ConfigError, match="contradicts ablation 'no_warmup'"):
+        build_config({"ablation": "no_warmup"}, {"rewards": {"lambda_end": 0.3}})
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_key_and_the_line(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    # A second schedule block (as pasted from the defaults) used to win: iterations 2500, not 20.
+    twice.write_text(TINY.read_text() + "schedule:\n  proposer_update_every: 5\n")
+    first = 1 + TINY.read_text().splitlines().index("schedule:")
+    last = len(TINY.read_text().splitlines()) + 1
+    with pytest.raises(ConfigError) as err:
+        load_config(twice)
+    msg = str(err.value)
+    assert msg == (f"config file {twice}, line {last}: key 'schedule' is given twice (first on line {first}); "
+                   "YAML would keep only the last; merge the two"), msg
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim:\n  lr: 1.0e-4\n  lr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"line 3: key 'lr' is given twice \(first on line 2\)"):
+        load_config(nested)
+    merged = tmp_path / "merged.yaml"  # a YAML merge key may be overridden: that is no duplicate
+    merged.write_text("base: &b {lr: 1.0e-4}\noptim:\n  <<: *b\n  lr: 1.0e-3\n")
+    from ireasoner_core.config import load_yaml
+
+    assert load_yaml(merged.read_text())["optim"] == {"lr": 1.0e-3}
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"optim.lr": float("inf")}, "optim.lr"),
+    ({"rewards.proposer_mu_h": float("nan")}, "rewards.proposer_mu_h"),
+    ({"kl.beta_max": float("inf")}, "kl.beta_max"),
+    ({"sampling.temperature": float("-inf")}, "sampling.temperature"),
+])
+def test_non_finite_numbers_are_refused_naming_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        build_config({}, override)
+    assert f"  {field}: Input should be a finite number" in str(err.value), str(err.value)
+
+
+def test_non_finite_numbers_in_a_yaml_file_are_refused(tmp_path):
+    path = tmp_path / "inf.yaml"
+    path.write_text("optim:\n  lr: .inf\nrewards:\n  proposer_mu_h: .nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "optim.lr: Input should be a finite number (got inf)" in str(err.value)
+    assert "rewards.proposer_mu_h: Input should be a finite number (got nan)" in str(err.value)

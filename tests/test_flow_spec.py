@@ -127,3 +127,74 @@ def test_seven_b_presets_need_the_image_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("IREASONER_IMAGES", str(tmp_path / "gone"))
     assert f"images.sources[0]: image folder not found: '$IREASONER_IMAGES' (resolved to {tmp_path / 'gone'})" in _error(
         **PRESETS["retrain"])
+
+
+# --- issue 29: overrides merge field by field; duplicate keys, non-finite numbers, unknown benchmarks ---
+
+def _sampling(spec: ExperimentSpec) -> tuple[float, int, int]:
+    s = spec.train_config(spec.variant_specs()[-1], seed=0, manifest=None).sampling
+    return s.temperature, s.solver_max_new_tokens, s.proposer_max_new_tokens
+
+
+def test_a_section_valued_override_keeps_the_base_configs_other_fields():
+    from flows.ireasoner import with_changes
+    from flows.run import preset_spec
+
+    # configs/tiny.yaml's 96/48 new tokens survive every way of writing the override.
+    kept = (0.7, 96, 48)
+    via_set = ExperimentSpec.model_validate(preset_spec("smoke", ["overrides.sampling.temperature=0.7"]))
+    assert _sampling(via_set) == kept
+    assert via_set.overrides["checkpoint.every"] == 5  # the preset's own overrides stay
+    assert _sampling(ExperimentSpec.model_validate(preset_spec("smoke", ["overrides={sampling: {temperature: 0.7}}"]))) == kept
+    assert _sampling(ExperimentSpec(overrides={"sampling": {"temperature": 0.7}})) == kept
+    assert _sampling(ExperimentSpec(variants=[VariantSpec(name="t", overrides={"sampling": {"temperature": 0.7}})])) == kept
+    # A variant's nested overrides meet the sweep's field by field, not section by section.
+    both = ExperimentSpec(overrides={"sampling": {"temperature": 0.7}},
+                          variants=[VariantSpec(name="t", overrides={"sampling": {"proposer_max_new_tokens": 40}})])
+    assert _sampling(both) == (0.7, 96, 40)
+    # The model section a baseline evaluates reads the same nested override as the trained variants.
+    assert ExperimentSpec(overrides={"model": {"dtype": "bfloat16"}}).model_config_dict()["dtype"] == "bfloat16"
+    # --set of a field the preset already overrides replaces that value (no "given twice").
+    assert preset_spec("smoke", ["overrides.checkpoint.every=2"])["overrides"]["checkpoint.every"] == 2
+    changed = with_changes(ExperimentSpec.model_validate(PRESETS["smoke"]), {"overrides": {"sampling": {"temperature": 0.7},
+                                                                                           "checkpoint": {"every": 2}}})
+    assert _sampling(changed) == kept and changed.overrides["checkpoint.every"] == 2
+    # A change of a mapping field through --set merges into it, as `changes` does.
+    assert preset_spec("smoke", ["evaluation={limit: 3}"])["evaluation"]["tasks"] == PRESETS["smoke"]["evaluation"]["tasks"]
+    with pytest.raises(ValueError, match=r"--set iterations: '\[1,' is not a YAML value"):
+        preset_spec("smoke", ["iterations=[1,"])
+
+
+def test_a_base_config_with_a_duplicate_key_names_the_key_and_the_line(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("schedule:\n  iterations: 20\nsampling:\n  num_rollouts: 3\nschedule:\n  iterations: 2500\n")
+    msg = _error(base_config=str(base))
+    assert f"config file {base}, line 5: key 'schedule' is given twice (first on line 1)" in msg, msg
+
+
+def test_non_finite_numbers_in_the_spec_are_refused_naming_the_field():
+    assert "resources.retry_delay_seconds" in (msg := _error(resources={"retry_delay_seconds": float("inf")}))
+    assert "finite number" in msg
+    msg = _error(overrides={"rewards": {"proposer_mu_h": float("nan")}})
+    assert "rewards.proposer_mu_h: Input should be a finite number (got nan)" in msg, msg
+
+
+def test_the_projects_benchmarks_are_validated_without_indexing_lmms_eval(monkeypatch):
+    from ireasoner_core.evaluation import runner
+
+    def no_index():
+        raise RuntimeError("built lmms-eval's task index for benchmarks the project registers")
+
+    monkeypatch.setattr(runner, "_registered_task_names", no_index)
+    assert ExperimentSpec.model_validate(PRESETS["smoke"]).evaluation.tasks == PRESETS["smoke"]["evaluation"]["tasks"]
+    assert "listed more than once" in _error(evaluation={"tasks": ["ireasoner_ai2d_mini", "ireasoner_ai2d_mini"]})
+
+
+@pytest.mark.slow
+def test_an_unknown_benchmark_fails_at_spec_validation_before_any_task():
+    # The real lmms-eval registry: 'mme' is one of its tasks the project does not register itself.
+    msg = _error(evaluation={"tasks": ["mme", "ireasoner_chartqa_mini", "chartqa_typo"]})
+    assert "evaluation.tasks" in msg and "task 'chartqa_typo': not an lmms-eval task or group" in msg, msg
+    assert "task 'mme'" not in msg
+    with pytest.raises(ParameterTypeError, match="chartqa_typo"):
+        ireasoner.validate_parameters({"spec": {"evaluation": {"tasks": ["chartqa_typo"]}}})

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -141,21 +141,34 @@ def _single_download_attempt_when_offline():
         ConfigurableTask.download = download
 
 
+@cache
+def _registered_task_names() -> frozenset[str]:
+    # Indexing lmms-eval's task folders takes seconds: at most once per process.
+    return frozenset(_task_manager().all_tasks)
+
+
+def check_task_names(tasks: list[str], known: Callable[[], set[str] | frozenset[str]] | None = None) -> None:
+    """Duplicate names and names that are no lmms-eval task or group fail here (EvaluationError)."""
+    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+    if dupes:
+        raise EvaluationError(f"tasks: listed more than once: {dupes}")
+    # benchmarks.py's tasks need no index: tests/test_evaluation_runner.py checks them against it.
+    rest = [t for t in tasks if t not in BENCHMARKS]
+    names = (known or _registered_task_names)() if rest else set()
+    for task in rest:
+        if task not in names:
+            raise EvaluationError(
+                f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
+                "`python -m lmms_eval --tasks list` prints the rest)")
+
+
 def check_tasks(tasks: list[str], task_manager) -> None:
     """Unknown names and unreachable datasets fail here, before any model is loaded."""
     from lmms_eval.tasks import get_task_dict
 
     if not tasks:
         raise EvaluationError("tasks: at least one lmms-eval task name is required")
-    dupes = sorted({t for t in tasks if tasks.count(t) > 1})
-    if dupes:
-        raise EvaluationError(f"tasks: listed more than once: {dupes}")
-    known = set(task_manager.all_tasks)
-    for task in tasks:
-        if task not in known:
-            raise EvaluationError(
-                f"task {task!r}: not an lmms-eval task or group (mini tasks: {', '.join(MINI_TASKS)}; "
-                "`python -m lmms_eval --tasks list` prints the rest)")
+    check_task_names(tasks, lambda: set(task_manager.all_tasks))
     missing: dict[str, str] = {}
     with _single_download_attempt_when_offline():
         for task in tasks:
