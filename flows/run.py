@@ -38,7 +38,8 @@ def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
         # is the key 'sampling.temperature', merged field by field with the preset's overrides.
         change = {rest: value} if rest else value
         if not isinstance(change, dict):
-            raise ValueError(f"--set overrides: expects a mapping of run-config fields, got {value!r}")
+            # ValueError, not TypeError: main() reports ValueError as a one-line usage error.
+            raise ValueError(f"--set overrides: expects a mapping of run-config fields, got {value!r}")  # noqa: TRY004
         spec["overrides"] = {**flat_overrides(spec.get("overrides") or {}),
                              **flat_overrides(change, "--set overrides")}
         return

@@ -394,7 +394,7 @@ class DuplicateKeyError(yaml.YAMLError):
 
 def load_yaml(text: str) -> Any:
     """Parse YAML as ``yaml.safe_load`` does, but refusing duplicate keys (DuplicateKeyError)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=UniqueKeyLoader)  # safe: UniqueKeyLoader is a SafeLoader
 
 
 def read_config_yaml(path: Path) -> dict[str, Any]:
