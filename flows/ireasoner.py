@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,13 @@ from tasks.runs import (
     tracking_uri,
 )
 from tasks.tracking import spec_params
-from tasks.train import TRAINING_LIMIT, train_variant
+from tasks.train import (
+    TRAINING_LIMIT,
+    check_not_preempted,
+    preemption_requested,
+    train_variant,
+    variants_stop_on_sigterm,
+)
 
 # MLflow draws a "Downloading artifacts" bar for each artifact read back (the report reads every variant's
 # per-item scores and diagnostics: 7 bars in a smoke run), noise in a flow's log; MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true
@@ -137,6 +144,8 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
         if evaluation.tasks:
             from tasks.evaluate import evaluate_variant
 
+            check_not_preempted(f"evaluation of {plan.key}")
+
             # evaluation holds the GPUs as training does
             with concurrency_slot(TRAINING_LIMIT, f"evaluation of {plan.key}", log):
                 scores = evaluate_variant.with_options(task_run_name=f"evaluate-{plan.key}")(
@@ -159,7 +168,8 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
 def ireasoner_variant(plan: VariantPlan, run_id: str, tracking: str, resources: ResourcesSpec,
                       evaluation: EvaluationSpec, data_hash: str) -> dict[str, Any]:
     """One variant × seed as its own flow run, for ``dispatch='workers'`` (any worker of the pool runs it)."""
-    return run_variant(plan, run_id, tracking, resources, evaluation, data_hash)
+    with variants_stop_on_sigterm():
+        return run_variant(plan, run_id, tracking, resources, evaluation, data_hash)
 
 
 @task(name="dispatch-variant", task_run_name="dispatch-{plan.key}")
@@ -250,7 +260,10 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
         client.log_dict(parent, spec.model_dump(mode="json"), "spec.json")
         log_params(client, parent, spec_params(spec.model_dump(mode="json")))  # what Compare diffs between sweeps
         client.log_dict(parent, [p.model_dump(mode="json") for p in plans], "plans.json")
-        rows, failures = _run_plans(spec, plans, force, client, uri, experiment_id, parent, tags, pool.data_hash)
+        # SIGTERM (docker stop, Kubernetes): the variants checkpoint and stop, and the table below still comes
+        with variants_stop_on_sigterm():
+            rows, failures = _run_plans(spec, plans, force, client, uri, experiment_id, parent, tags,
+                                        pool.data_hash)
         sampled = sampled_plan(list(spec.evaluation.tasks), spec.evaluation.sampled_k)
         log_results_table(client, parent, rows, list(spec.evaluation.tasks), sampled)
         publish_prefect_artifacts(rows, list(spec.evaluation.tasks), spec.name, sampled)
@@ -277,7 +290,9 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
              sum(r["status"] == "finished" for r in rows), sum(r["status"] == "skipped" for r in rows),
              sum(r["status"] == "failed" for r in rows))
     if failures:
-        raise RuntimeError("failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        stopped = preemption_requested()
+        why = f"interrupted by {signal.Signals(stopped).name}, rerun to resume; " if stopped else ""
+        raise RuntimeError(why + "failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     return summary
 
 

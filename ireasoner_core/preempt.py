@@ -28,7 +28,7 @@ class TrainingInterrupted(Exception):
         if checkpoint is not None:
             text = f"interrupted by {name}: checkpoint {checkpoint} written; rerun the same command to resume"
         else:
-            text = f"interrupted by {name} before the first iteration: nothing to save; rerun the same command to start"
+            text = f"interrupted by {name} before an iteration ran: nothing new to save; rerun the same command to go on"
         super().__init__(text)
 
     @property

@@ -541,8 +541,10 @@ class Trainer:
         total = cfg.schedule.iterations
         last_saved: Path | None = None
         for t in range(start + 1, total + 1):
-            if self._stop_agreed():     # arrived while loading, resuming or saving: nothing new to save
-                raise TrainingInterrupted(self.stop.signum, last_saved, t - 1)
+            # Asked before the first iteration (while loading or resuming): nothing new to save. Later,
+            # the check after each iteration sees it; one that lands just past that check ends the next.
+            if t == start + 1 and self._stop_agreed():
+                raise TrainingInterrupted(self.stop.signum, None, start)
             record = self.iteration(t)
             for cb in self.callbacks:
                 cb.on_iteration(record)

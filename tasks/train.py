@@ -30,14 +30,17 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 
 from ireasoner_core.callbacks import TrainerCallback
+from ireasoner_core.preempt import StopRequest
 from ireasoner_core.quiet import python_warnings_env, quiet_known_warnings
 from tasks.conventions import ARTIFACT_ADAPTERS, ARTIFACT_CONFIG, ARTIFACT_METRICS_JSONL
 from tasks.liveness import concurrency_slot
@@ -199,10 +202,107 @@ def _die_with_parent() -> Any:
     return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
 
+class VariantInterrupted(RuntimeError):
+    """The flow was asked to stop (SIGTERM): this variant checkpointed and stopped, or never started."""
+
+
+class _Preemption:
+    """A flow's SIGTERM and what it reaches: in-process trainings (their StopRequest) and training subprocesses."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stops: set[StopRequest] = set()
+
+    def request(self, signum: int) -> None:
+        # Runs in a signal handler: no logging, no locks; the subprocess loops forward the signal.
+        self.signum = self.signum or int(signum)
+        for stop in list(self.stops):
+            stop.request(signum)
+
+
+PREEMPTION = _Preemption()
+
+
+def preemption_requested() -> int | None:
+    """The signal this process's flow received (it passes it on to its variants), if any."""
+    return PREEMPTION.signum
+
+
+def check_not_preempted(what: str) -> None:
+    """Raise VariantInterrupted before starting ``what`` once the flow was asked to stop."""
+    if PREEMPTION.signum is not None:
+        raise VariantInterrupted(f"{what} not started: the flow received {signal.Signals(PREEMPTION.signum).name}")
+
+
+@contextmanager
+def variants_stop_on_sigterm() -> Iterator[None]:
+    """Inside a flow: SIGTERM stops every variant after its current iteration, with a checkpoint.
+
+    The flow then ends normally with its table of what finished. A second SIGTERM goes to the handler
+    that was there before (Prefect's: the flow crashes at once; its training subprocesses get SIGTERM
+    from the kernel as their parent dies, their own second signal, and stop at once). Outside the main
+    thread signal handlers cannot be set: nothing changes.
+    """
+    PREEMPTION.signum = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if PREEMPTION.signum is not None:
+            signal.signal(signal.SIGTERM, previous)
+            signal.raise_signal(signum)
+            return
+        PREEMPTION.request(signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _stoppable(stop: StopRequest) -> Iterator[StopRequest]:
+    PREEMPTION.stops.add(stop)
+    if PREEMPTION.signum is not None:   # the flow's signal came before this training registered
+        stop.request(PREEMPTION.signum)
+    try:
+        yield stop
+    finally:
+        PREEMPTION.stops.discard(stop)
+
+
+def _signal_training(proc: subprocess.Popen, ranks_are_children: bool, signum: int) -> None:
+    """Send ``signum`` to the trainer: the process itself, or each rank of an `accelerate launch`.
+
+    Not to the launcher: torchrun would pass on one more SIGTERM (a second signal, which stops a rank
+    at once) and SIGKILL the ranks 30 s later, often before their iteration ends.
+    """
+    targets = [proc.pid]
+    if ranks_are_children:
+        try:
+            import psutil
+
+            targets = [c.pid for c in psutil.Process(proc.pid).children()] or targets
+        except Exception:  # noqa: BLE001 - psutil missing or the launcher gone: the launcher forwards it
+            targets = [proc.pid]
+    for pid in targets:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: Path,
                             mlflow_logger: MlflowTrainLogger, log: Any, poll_seconds: float = 2.0,
-                            callbacks: Sequence[TrainerCallback] = ()) -> None:
-    """Run the trainer as a subprocess; stream its output into ``log``, its metrics into MLflow (and ``callbacks``)."""
+                            callbacks: Sequence[TrainerCallback] = (), ranks_are_children: bool = False) -> None:
+    """Run the trainer as a subprocess; stream its output into ``log``, its metrics into MLflow (and ``callbacks``).
+
+    When the flow receives SIGTERM, the trainer gets it too (within ``poll_seconds``): it checkpoints
+    its current iteration and exits, and this raises VariantInterrupted with the trainer's last line.
+    """
     follower = JsonlFollower(metrics_path)
     tail: deque[str] = deque(maxlen=20)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -225,18 +325,32 @@ def run_subprocess_training(cmd: list[str], env: dict[str, str], metrics_path: P
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    forwarded = None
     while proc.poll() is None:
+        if forwarded is None and (forwarded := preemption_requested()) is not None:
+            log.warning("the flow received %s: the training stops after its current iteration, with a checkpoint",
+                        signal.Signals(forwarded).name)
+            _signal_training(proc, ranks_are_children, forwarded)
         forward()
         time.sleep(poll_seconds)
     reader.join(timeout=10)
     forward()
     mlflow_logger.flush()
+    if forwarded is not None and proc.returncode != 0:
+        raise VariantInterrupted(tail[-1].removeprefix("error: ") if tail else
+                                 f"training stopped by {signal.Signals(forwarded).name}")
     if proc.returncode != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"training subprocess exited with code {proc.returncode}; last output:\n{last}")
 
 
-@task(name="train-variant", task_run_name="train-{plan.key}", retries=2, retry_delay_seconds=10)
+def _retry_unless_preempted(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: a variant the flow stopped is not retried."""
+    return preemption_requested() is None
+
+
+@task(name="train-variant", task_run_name="train-{plan.key}", retries=2, retry_delay_seconds=10,
+      retry_condition_fn=_retry_unless_preempted)
 def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "auto", devices: int = 1,
                   cpu: bool = False, data_hash: str = "") -> dict[str, Any]:
     """Train one variant × seed into its run directory; log metrics, artifacts, and the registry entry."""
@@ -252,7 +366,9 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
     progress = TrainingProgress(f"training of {plan.key}", artifact_key(f"ireasoner-{out.parent.name}-{plan.key}-training"),
                                 cfg.schedule.iterations, log,
                                 mlflow_url=run_url(tracking_uri, client.get_run(run_id).info.experiment_id, run_id))
+    check_not_preempted(f"training of {plan.key}")
     with concurrency_slot(TRAINING_LIMIT, f"training of {plan.key}", log):
+        check_not_preempted(f"training of {plan.key}")      # the signal came while it waited for the slot
         monitor = start_system_metrics(run_id, tracking_uri, log)
         started = time.monotonic()
         try:
@@ -262,13 +378,18 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
                 env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri,
                        "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": python_warnings_env(os.environ.get("PYTHONWARNINGS"))}
                 run_subprocess_training(launch_command(cfg_path, devices, cpu), env, out / "metrics.jsonl",
-                                        mlflow_logger, log, callbacks=[progress])
+                                        mlflow_logger, log, callbacks=[progress], ranks_are_children=devices > 1)
                 result = json.loads((out / "result.json").read_text())
             else:
+                from ireasoner_core.preempt import TrainingInterrupted
                 from ireasoner_core.trainer import train
 
                 quiet_known_warnings()
-                r = train(cfg, callbacks=[mlflow_logger, progress])
+                try:
+                    with _stoppable(StopRequest()) as stop:
+                        r = train(cfg, callbacks=[mlflow_logger, progress], stop=stop)
+                except TrainingInterrupted as err:
+                    raise VariantInterrupted(str(err)) from None
                 result = r.to_json()
         finally:
             if monitor is not None:

@@ -20,11 +20,11 @@ KEYS = ["r_ans_mean", "r_step_mean", "r_sol_mean", "loss_solver", "kl_solver", "
         "answer_entropy", "group_size", "baseline_solver", "beta_solver"]
 
 
-def _cmd(out: Path, iterations: int) -> list[str]:
+def _cmd(out: Path, iterations: int, every: int = 2) -> list[str]:
     sys.path.insert(0, str(HERE))
     from conftest import tiny_overrides
 
-    sets = tiny_overrides(out, **{"schedule.iterations": iterations, "checkpoint.every": 2})
+    sets = tiny_overrides(out, **{"schedule.iterations": iterations, "checkpoint.every": every})
     cmd = [sys.executable, "-m", "ireasoner_core.cli", "train", "--config", str(HERE.parent / "configs" / "tiny.yaml")]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
@@ -38,10 +38,17 @@ def _rows(path: Path) -> dict[int, dict]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, embedded_model_dir):
-    full, crashed = tmp_path / "full", tmp_path / "crashed"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, embedded_model_dir) -> Path:
+    """One uninterrupted 6-iteration run, the reference of every interrupted one here."""
+    full = tmp_path_factory.mktemp("uninterrupted") / "full"
     subprocess.run(_cmd(full, 6), env=ENV, check=True, capture_output=True, timeout=900)
+    return full
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, uninterrupted):
+    full, crashed = uninterrupted, tmp_path / "crashed"
 
     proc = subprocess.Popen(_cmd(crashed, 6), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = crashed / "metrics.jsonl"
@@ -66,6 +73,78 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, embedded_model_d
         for key in KEYS:
             assert a[t][key] == b[t][key], (t, key, a[t][key], b[t][key])
         assert a[t]["answers"] == b[t]["answers"] and a[t]["question"] == b[t]["question"]
+
+
+def _same_adapters(a: Path, b: Path) -> None:
+    """Both runs' final adapters hold bit-identical tensors."""
+    from safetensors.torch import load_file
+
+    for role in ("solver", "proposer"):
+        x, y = (load_file(str(d / "final" / role / "adapter_model.safetensors")) for d in (a, b))
+        assert sorted(x) == sorted(y) and all(x[k].equal(y[k]) for k in x), role
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> int:
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        lines = len(path.read_text().splitlines()) if path.exists() else 0
+        if lines >= n:
+            return lines
+        assert proc.poll() is None, "the training ended before it was signalled"
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_iteration_checkpoints_it_and_the_resume_matches_uninterrupted(tmp_path, uninterrupted):
+    # checkpoint.every=100: the only checkpoint is the one the signal makes
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(_cmd(stopped, 6, every=100), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_lines(stopped / "metrics.jsonl", 2, proc)
+    time.sleep(0.3)     # past iteration 2's stop check even on a loaded machine: iteration seen + 1 is under way
+    seen = _wait_for_lines(stopped / "metrics.jsonl", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err[-3000:]
+    latest = ckpt.latest_checkpoint(stopped / "checkpoints")
+    assert latest is not None and ckpt.checkpoint_iteration(latest) == seen + 1, (latest, seen)
+    assert err.strip().splitlines()[-1] == (f"error: interrupted by SIGTERM: checkpoint {latest} written; "
+                                            "rerun the same command to resume")
+    assert "Traceback" not in err
+    assert len(_rows(stopped / "metrics.jsonl")) == seen + 1      # it stopped after that iteration
+
+    resumed = subprocess.run(_cmd(stopped, 6, every=100), check=False, env=ENV, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((stopped / "result.json").read_text())
+    assert result["start_iteration"] == seen + 1
+    a, b = _rows(uninterrupted / "metrics.jsonl"), _rows(stopped / "metrics.jsonl")
+    assert sorted(b) == list(range(1, 7))
+    for t in range(1, 7):
+        for key in KEYS:
+            assert a[t][key] == b[t][key], (t, key, a[t][key], b[t][key])
+        assert a[t]["answers"] == b[t]["answers"] and a[t]["question"] == b[t]["question"]
+    _same_adapters(uninterrupted, stopped)
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path, embedded_model_dir):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(out, 6, every=100), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_lines(out / "metrics.jsonl", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    first = ""
+    while "SIGINT received" not in first:     # the handler ran: the next signal is a second one
+        first = proc.stderr.readline()
+        assert first, "the trainer never acknowledged the first SIGINT"
+    proc.send_signal(signal.SIGINT)
+    err = first + proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err[-3000:]
+    assert "second SIGINT: stopping now" in err and "Traceback" not in err
+    assert ckpt.latest_checkpoint(out / "checkpoints") is None      # the iteration under way was given up
 
 
 def test_partial_checkpoints_are_never_loaded(tmp_path):
