@@ -15,6 +15,7 @@ import torch
 
 from ireasoner_core.config import KLConfig, RewardConfig
 from ireasoner_core.parsing import ParsedRollout, parse_rollout
+from ireasoner_core.policy import Policy
 from ireasoner_core.rewards import (
     answer_distribution,
     answer_entropy,
@@ -391,3 +392,32 @@ def test_embedding_rows_must_match_steps_whatever_the_tensor_shape() -> None:
     # a member without steps may carry any embedding size; only members with steps must agree on d
     agreement = step_agreement([torch.zeros(0, 5), emb(X), emb(X)], [0, 1, 2], 3, RewardConfig())
     assert agreement.r_step[1] == approx(agreement.r_step[2]) and agreement.r_step[0] == 0.0
+
+
+def test_step_embedding_of_a_padded_step_leaves_the_pad_row_out(tiny_cfg) -> None:
+    """Eq. 3 on the real tokenizer and table: a step shorter than its batch-mates is padded, and the pad row
+    must not enter its mean. The embedded model's pad row is exactly zero (padding would only rescale the
+    mean, which the L2 normalisation hides); in Qwen2.5-VL-7B `<|endoftext|>` is a trained token."""
+    cfg = tiny_cfg()
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), torch.float32)
+    table = pol.backbone.get_input_embeddings().weight
+    pad = pol.tokenizer.pad_token_id
+    with torch.no_grad():      # a trained-looking pad row: non-zero and parallel to no step's mean
+        table[pad] = torch.linspace(-1.0, 1.0, table.shape[1])
+    short, long_ = "Its value is 42.", "The tallest bar is B, and the shortest bar is D with a value of 7."
+    ids = {s: pol.tokenizer(s, add_special_tokens=False)["input_ids"] for s in (short, long_)}
+    assert pad not in ids[short] and len(ids[short]) < len(ids[long_])       # the short step gets padded
+
+    def by_hand(token_ids: list[int]) -> torch.Tensor:
+        mean = table.detach()[token_ids].double().mean(0)
+        return mean / mean.norm()
+
+    e = pol.step_embeddings([[long_, short], [short]], 64)
+    assert torch.allclose(e[0][1].double(), by_hand(ids[short]), atol=1e-6)     # padded in its batch
+    assert torch.allclose(e[1][0].double(), by_hand(ids[short]), atol=1e-6)
+    assert torch.allclose(e[0][0].double(), by_hand(ids[long_]), atol=1e-6)
+    # truncated to step_embed_max_tokens: the first k tokens only, the short step padded up to k
+    k = len(ids[short]) + 2
+    e = pol.step_embeddings([[long_, short]], k)
+    assert torch.allclose(e[0][0].double(), by_hand(ids[long_][:k]), atol=1e-6)
+    assert torch.allclose(e[0][1].double(), by_hand(ids[short]), atol=1e-6)
