@@ -16,7 +16,8 @@ import pytest
 from ireasoner_core import checkpoint as ckpt
 
 HERE = Path(__file__).parent
-KEYS = ["r_ans_mean", "r_step_mean", "r_sol_mean", "loss_solver", "kl_solver", "loss_proposer",
+# lambda first: a warm-up counted from the resume, not the global iteration, is named as the cause
+KEYS = ["lambda", "r_ans_mean", "r_step_mean", "r_sol_mean", "loss_solver", "kl_solver", "loss_proposer",
         "answer_entropy", "group_size", "baseline_solver", "beta_solver"]
 
 
