@@ -102,7 +102,6 @@ def test_table1_task_names_exist_in_the_installed_lmms_eval(task_manager):
 def test_offline_a_missing_dataset_is_looked_for_once_not_retried(no_network, task_manager, monkeypatch):
     # lmms-eval retries a failed download 5 times, 2 s apart; offline that only delays the error
     import datasets
-
     from lmms_eval.api.task import ConfigurableTask
 
     looked: list[str] = []
