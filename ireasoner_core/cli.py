@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, load_yaml
 
 
 class CliError(Exception):
@@ -33,7 +33,10 @@ def _parse_sets(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)   # "5" -> 5, "true" -> True, "[a, b]" -> list
+        try:
+            out[key.strip()] = load_yaml(value)   # "5" -> 5, "true" -> True, "[a, b]" -> list
+        except yaml.YAMLError as err:   # a repeated key inside an inline mapping, or unparsable text
+            raise ConfigError(f"--set {key.strip()}: {' '.join(str(err).split())}") from None
     return out
 
 

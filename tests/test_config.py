@@ -227,6 +227,11 @@ def test_duplicate_yaml_keys_are_refused_naming_the_key_and_the_line(tmp_path):
     from ireasoner_core.config import load_yaml
 
     assert load_yaml(merged.read_text())["optim"] == {"lr": 1.0e-3}
+    # the same rule for an inline mapping given to `ireasoner train --set`
+    from ireasoner_core import cli
+
+    with pytest.raises(ConfigError, match=r"--set optim: .*key 'lr' is given twice"):
+        cli._parse_sets(["optim={lr: 1, lr: 2}"])
 
 
 @pytest.mark.parametrize("override, field", [
