@@ -55,7 +55,20 @@ def stack(tmp_path_factory):
 
 
 
+def _uses_orchestration(path: Path, cache: dict[Path, bool] = {}) -> bool:  # noqa: B006 (a memo)
+    if path not in cache:
+        text = path.read_text().lower()
+        cache[path] = "prefect" in text or "mlflow" in text
+    return cache[path]
+
+
 def pytest_collection_modifyitems(items):
+    # Modules that use Prefect or MLflow share the machine's Prefect home, its `ireasoner-training`
+    # slot and its servers' ports: scripts/test.sh runs them (-m orchestration) in one process, one
+    # after another, beside a second process running the rest (-m "not orchestration").
+    for item in items:
+        if _uses_orchestration(Path(str(item.fspath))):
+            item.add_marker(pytest.mark.orchestration)
     # The shared Prefect stack (server, scheduler, worker) lives until the session ends once started;
     # its tests go last so that it never competes for the 2 cores with the timing-sensitive
     # CPU-bound tests (torch threads spin-wait badly on an oversubscribed machine).
