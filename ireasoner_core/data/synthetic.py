@@ -491,3 +491,77 @@ def read_ground_truth(out_dir: Path) -> list[SyntheticItem]:
             raise ValueError(f"{path}:{lineno}: not a synthetic item ({e})") from e
     return items
 
+
+
+# --------------------------------------------------------------------------- question families
+
+# The generator's question templates grouped by the skill a question asks for. Chart extremes are
+# split by chart kind (a bar's height, a line's peak and a slice's share are read differently), and
+# multiple choice by what the options name. ``question_family`` maps every template to one of these.
+FAMILIES: tuple[str, ...] = (
+    "extreme_bar", "extreme_line", "extreme_pie", "count", "trend", "value_lookup", "chart_arithmetic",
+    "diagram_relation", "option_chart", "option_diagram", "option_shape", "shape_name", "geometry",
+)
+# Which image kinds ask each family's questions.
+FAMILY_KINDS: dict[str, tuple[str, ...]] = {
+    "extreme_bar": ("bar",), "extreme_line": ("line",), "extreme_pie": ("pie",),
+    "count": ("bar", "line", "pie", "diagram"), "trend": ("line",),
+    "value_lookup": ("bar", "line", "pie"), "chart_arithmetic": ("bar", "line", "pie"),
+    "diagram_relation": ("diagram",), "option_chart": ("bar", "pie"), "option_diagram": ("diagram",),
+    "option_shape": ("geometry",), "shape_name": ("geometry",), "geometry": ("geometry",),
+}
+
+
+def question_family(qa: QA) -> str:
+    """The family of one generated question, from its text (and whether it is multiple choice).
+
+    * ``extreme_bar`` / ``extreme_line`` / ``extreme_pie``: the largest or smallest mark of a chart,
+      asked openly ("What is the value of the tallest bar?", "Which bar is the shortest?", "What is
+      the highest value on the line?", "At which point is the line highest?", "Which slice is the
+      largest?", "What percentage is the smallest slice?").
+    * ``count``: "How many bars / points / slices / organisms ...?".
+    * ``trend``: "Does the line go up or down from point 1 to point 2?".
+    * ``value_lookup``: one named mark's value ("What is the value of the red bar?", "... at point 3?",
+      "What percentage is the blue slice?").
+    * ``chart_arithmetic``: two values combined (tallest minus shortest bar, change from the first to
+      the last point, total of two slices).
+    * ``diagram_relation``: food-chain arrows ("What does X point to?", "What points to X?", the top
+      predator).
+    * ``option_chart`` / ``option_diagram`` / ``option_shape``: multiple choice answered by a letter
+      (the tallest bar or smallest slice; the producer; the shape), AI2D's format.
+    * ``shape_name``: "What shape is shown?" answered with the word.
+    * ``geometry``: a number from a figure (angles, area, perimeter, sides, radius, diameter).
+
+    Raises ``ValueError`` for a question no template of this module asks.
+    """
+    q = qa.question
+    if qa.answer_type == "choice":
+        if q.startswith(("Which bar is the tallest?", "Which slice is the smallest?")):
+            return "option_chart"
+        if q.startswith("Which organism is a producer?"):
+            return "option_diagram"
+        if q.startswith("What shape is shown?"):
+            return "option_shape"
+    elif q.startswith("How many "):
+        return "count"
+    elif q in ("What is the value of the tallest bar?", "Which bar is the shortest?"):
+        return "extreme_bar"
+    elif q in ("What is the highest value on the line?", "At which point is the line highest?"):
+        return "extreme_line"
+    elif q in ("Which slice is the largest?", "What percentage is the smallest slice?"):
+        return "extreme_pie"
+    elif q.startswith("Does the line go up or down"):
+        return "trend"
+    elif q.startswith(("What is the difference between", "What is the change from", "What is the total percentage")):
+        return "chart_arithmetic"
+    elif (q.startswith("What is the value of the ") and q.endswith(" bar?")) or q.startswith(
+            ("What is the value at point", "What percentage is the ")):
+        return "value_lookup"
+    elif q.startswith(("What does ", "What points to ", "Which organism is the top predator")):
+        return "diagram_relation"
+    elif q == "What shape is shown?":
+        return "shape_name"
+    elif q.startswith(("What is angle", "What is the sum of angles", "What is the area", "What is the perimeter",
+                       "What is the length of", "What is the diameter", "What is the radius")):
+        return "geometry"
+    raise ValueError(f"no question family for {q!r}")

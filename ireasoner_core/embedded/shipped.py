@@ -124,3 +124,29 @@ def replace_shipped(build_dir: Path, *, target: Path = SHIPPED_DIR, force: bool 
     staging.rename(target)
     _VERIFIED.pop(target, None)
     return manifest
+
+
+# Keys of BUILD.json that name the weights and the recipe: a measurement recorded later never rewrites them.
+_IDENTITY_KEYS = ("build_version", "recipe_version", "architecture", "parameters", "seed", "warm_start")
+
+
+def record_in_build(model_dir: Path, key: str, value) -> dict:
+    """Add one measurement to a build's BUILD.json under ``key`` and rewrite MANIFEST.json to match.
+
+    The weights and every other file stay as they are (the build version names the weights, so it
+    does not change); the directory is verified against its manifest first, so a file changed by
+    hand is refused rather than blessed by the new manifest. BUILD.json is replaced atomically."""
+    model_dir = Path(model_dir)
+    if key in _IDENTITY_KEYS:
+        raise EmbeddedIntegrityError(f"embedded model: {key!r} names the build; a later measurement cannot rewrite it")
+    verify(model_dir)
+    path = model_dir / BUILD_FILE
+    build = json.loads(path.read_text())
+    build[key] = value
+    tmp = path.with_name(BUILD_FILE + ".tmp")
+    tmp.write_text(json.dumps(build, indent=2, sort_keys=True))  # as build.py writes it
+    tmp.replace(path)
+    manifest = write_manifest(model_dir)
+    _VERIFIED.pop(model_dir, None)
+    verify(model_dir)
+    return manifest
