@@ -180,6 +180,18 @@ class PerfConfig(_Section):
     gradient_checkpointing: bool = False
     use_cache: bool = Field(True, description="KV cache during generation.")
     compile: bool = Field(False, description="torch.compile the language model's forward (GPU only helps).")
+    decode: Literal["generate", "static"] = Field(
+        "generate", description="Rollout sampler: Hugging Face `generate`, or `static` (ireasoner_core/decode.py: "
+        "prefill once per image, static KV cache, one decode step per token).")
+    decode_adapter: Literal["merged", "unmerged"] = Field(
+        "merged", description="With decode=static: the active role's LoRA merged into a separate copy of the "
+        "projections (rewritten every call; one more copy of those weights) or applied unmerged in the step.")
+    compile_decode: bool = Field(False, description="With decode=static: torch.compile the decode step "
+                                 "(fullgraph; a CUDA graph on a GPU). The first call of each shape compiles.")
+    compile_mode: str | None = Field(None, description="torch.compile mode for the decode step; None picks "
+                                     "reduce-overhead (CUDA graphs) on a GPU and the default elsewhere.")
+    stop_check_every: int = Field(8, gt=0, description="With decode=static: steps between checks that every "
+                                  "rollout has ended (each check waits for the device).")
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {

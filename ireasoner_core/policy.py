@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .config import LoRAConfig, ModelConfig, PerfConfig
+from .decode import StaticDecoder
 from .model import load_backbone
 from .prompts import proposer_messages, solver_messages
 
@@ -59,6 +60,7 @@ class RolloutBatch:
     image_grid_thw: torch.Tensor     # [B, 3]
     image_index: list[int]           # which of the iteration's images each sequence belongs to
     texts: list[str]                 # decoded completions (special tokens dropped, tags kept)
+    sample_logprobs: torch.Tensor | None = None   # [B, T] log-prob of each token as sampled (decode=static)
 
     @property
     def prompt_len(self) -> int:
@@ -71,6 +73,7 @@ class RolloutBatch:
             completion_mask=self.completion_mask[idx], mm_token_type_ids=self.mm_token_type_ids[idx],
             image_grid_thw=self.image_grid_thw[idx], image_index=[self.image_index[r] for r in rows],
             texts=[self.texts[r] for r in rows],
+            sample_logprobs=None if self.sample_logprobs is None else self.sample_logprobs[idx],
         )
 
 
@@ -117,6 +120,12 @@ class Policy:
                                          getattr(cfg, "vision_start_token_id", None),
                                          getattr(cfg, "vision_end_token_id", None)) if i is not None]
         self._head_fp32: torch.Tensor | None = None
+        self.decoder: StaticDecoder | None = None
+        if perf.decode == "static":
+            mode = perf.compile_mode or ("reduce-overhead" if device.type == "cuda" else None)
+            self.decoder = StaticDecoder(self.backbone, adapter=perf.decode_adapter, compile=perf.compile_decode,
+                                         compile_mode=mode,
+                                         stop_check_every=perf.stop_check_every)
         self.model.eval()
 
     # ----------------------------------------------------------------------------- adapters
@@ -203,8 +212,18 @@ class Policy:
             if fixed_length:   # throughput benchmarks: decode exactly max_new_tokens
                 # No stop token, and none sampled either: the completion mask would otherwise cut there.
                 gen_kwargs.update(eos_token_id=None, suppress_tokens=self.suppress_ids + self.eos_ids)
-            seqs = self.model.generate(**enc, **gen_kwargs)
-            batches.append(self._rollout_batch(enc, seqs, [i for i in idxs for _ in range(k)], k))
+            sample_logprobs = None
+            if self.decoder is not None:
+                out = self.decoder.generate(
+                    enc, num_return_sequences=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                    suppress_ids=gen_kwargs["suppress_tokens"],
+                    eos_ids=[] if fixed_length else self.eos_ids, pad_id=self.tokenizer.pad_token_id, role=role)
+                seqs, sample_logprobs = out.sequences, out.sample_logprobs
+            else:
+                seqs = self.model.generate(**enc, **gen_kwargs)
+            batch = self._rollout_batch(enc, seqs, [i for i in idxs for _ in range(k)], k)
+            batch.sample_logprobs = sample_logprobs
+            batches.append(batch)
         return batches
 
     def _rollout_batch(self, enc: dict, seqs: torch.Tensor, image_index: list[int], k: int) -> RolloutBatch:
