@@ -163,44 +163,47 @@ class StaticDecoder:
                            layer.post_attention_layernorm.weight, tuple(specs[4:6]), specs[6]))
         return tuple(layers)
 
+    def _merge_groups(self) -> list[list[tuple[torch.nn.Module, ...]]]:
+        """Per layer, the projections that share one merged matrix: q/k/v, o, gate/up, down."""
+        return [[(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj), (layer.self_attn.o_proj,),
+                 (layer.mlp.gate_proj, layer.mlp.up_proj), (layer.mlp.down_proj,)] for layer in self.lm.layers]
+
     @torch.no_grad()
     def _refresh_merged(self, role: str | None) -> tuple:
-        """Write W + s B A of ``role`` into the merged copy (allocated on first use), from the frozen W every time."""
-        def merged(mods: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
-            ws, bs = [], []
-            for mod in mods:
-                w, b, a, bb, s = _lora_linear(mod, role)
-                ws.append(w if a is None else w + (bb.float() @ a.float() * s).to(w.dtype))
-                bs.append(b)
-            bias = None if any(b is None for b in bs) else torch.cat(bs)
-            return torch.cat(ws), bias
-
-        fresh = []
-        for layer in self.lm.layers:
-            a, m = layer.self_attn, layer.mlp
-            fresh.append((merged((a.q_proj, a.k_proj, a.v_proj)), merged((a.o_proj,)),
-                          merged((m.gate_proj, m.up_proj)), merged((m.down_proj,))))
+        """Write W + s B A of ``role`` into the merged copy (allocated on first use), from the frozen W every time,
+        in place: no temporary of a weight's size, so the 7B's refresh costs no memory beyond the copy itself."""
+        groups = self._merge_groups()
         if self._merged is None:
             # Fixed buffers, rewritten in place: a replayed CUDA graph reads them at the same addresses.
-            self._merged = [tuple(t.clone() for pair in f for t in pair if t is not None) for f in fresh]
-            for bufs in self._merged:
-                for t in bufs:
-                    torch._dynamo.mark_static_address(t)
-        else:
-            for bufs, f in zip(self._merged, fresh):
-                for buf, t in zip(bufs, [t for pair in f for t in pair if t is not None]):
-                    buf.copy_(t)
-        layers = []
-        for layer, f, bufs in zip(self.lm.layers, fresh, self._merged):
-            it = iter(bufs)
-
-            def spec(pair, it=it) -> Spec:
-                w = next(it)
-                return w, (next(it) if pair[1] is not None else None), None, None, 1.0
-            qkv, o, gu, down = (spec(pair) for pair in f)
-            layers.append((layer.input_layernorm.weight, (qkv,), o, layer.post_attention_layernorm.weight,
-                           (gu,), down))
-        return tuple(layers)
+            self._merged = []
+            for layer, layer_groups in zip(self.lm.layers, groups):
+                specs = []
+                for mods in layer_groups:
+                    bases = [getattr(m, "base_layer", m) for m in mods]
+                    w = torch.empty((sum(x.weight.shape[0] for x in bases), bases[0].weight.shape[1]),
+                                    dtype=bases[0].weight.dtype, device=bases[0].weight.device)
+                    has_bias = all(x.bias is not None for x in bases)
+                    bias = torch.empty(w.shape[0], dtype=w.dtype, device=w.device) if has_bias else None
+                    for t in (w, bias):
+                        if t is not None:
+                            torch._dynamo.mark_static_address(t)
+                    specs.append((w, bias, None, None, 1.0))
+                qkv, o, gu, down = specs
+                self._merged.append((layer.input_layernorm.weight, (qkv,), o, layer.post_attention_layernorm.weight,
+                                     (gu,), down))
+        for merged, layer_groups in zip(self._merged, groups):
+            for (buf, bias, *_), mods in zip((merged[1][0], merged[2], merged[4][0], merged[5]), layer_groups):
+                row = 0
+                for mod in mods:
+                    w, b, a, bb, s = _lora_linear(mod, role)
+                    rows = slice(row, row + w.shape[0])
+                    buf[rows].copy_(w)
+                    if a is not None:
+                        buf[rows].addmm_(bb.to(buf.dtype), a.to(buf.dtype), alpha=s)
+                    if bias is not None:
+                        bias[rows].copy_(b)
+                    row += w.shape[0]
+        return tuple(self._merged)
 
     # ----------------------------------------------------------------------------- the decoder layers
     def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layers: tuple,
