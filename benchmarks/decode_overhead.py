@@ -38,14 +38,14 @@ from .qwen7b import (
 )
 
 WIDTH = 64   # hidden size; head dim 32, so M-RoPE sections [4, 6, 6] as in the embedded model
-# (column, decode path, static decoder options); "generate merged" folds the adapter in place first.
-PATHS: list[tuple[str, str, dict[str, Any]]] = [
-    ("generate, LoRA unmerged", "generate", {}),
-    ("generate, LoRA merged", "generate", {}),
-    ("static eager, merged copy", "static", {"adapter": "merged"}),
-    ("static compiled, merged copy", "static", {"adapter": "merged", "compile": True}),
-    ("static compiled, unmerged", "static", {"adapter": "unmerged", "compile": True}),
-]
+# key -> (column, decode path, static decoder options); "generate-merged" folds the adapter in place first.
+PATHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "generate": ("generate, LoRA unmerged", "generate", {}),
+    "generate-merged": ("generate, LoRA merged", "generate", {}),
+    "static": ("static eager, merged copy", "static", {"adapter": "merged"}),
+    "static-compiled": ("static compiled, merged copy", "static", {"adapter": "merged", "compile": True}),
+    "static-compiled-unmerged": ("static compiled, unmerged", "static", {"adapter": "unmerged", "compile": True}),
+}
 
 
 def narrow_text(layers: int, vocab_size: int) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def narrow_text(layers: int, vocab_size: int) -> dict[str, Any]:
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": vocab_size, "mrope_section": [4, 6, 6]}
 
 
-def measure(layers: list[int], tokens: int, repeats: int = 3) -> list[dict[str, Any]]:
+def measure(layers: list[int], tokens: int, repeats: int = 3, paths: list[str] | None = None) -> list[dict[str, Any]]:
     """ms per decode step of ``Policy.generate`` (5 sequences of one image, fixed length) per depth and path.
 
     A step's time is the whole generate call over ``tokens``, the prefill included (the H100 figure it is
@@ -73,7 +73,7 @@ def measure(layers: list[int], tokens: int, repeats: int = 3) -> list[dict[str, 
         backbone = build_random_backbone(arch, processor.tokenizer, "cpu", torch.float32)
         policy = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), backbone=(backbone, processor))
         row: dict[str, Any] = {"layers": depth}
-        for column, path, options in PATHS:
+        for column, path, options in (PATHS[k] for k in paths or PATHS):
             policy.decoder = StaticDecoder(policy.backbone, **options) if path == "static" else None
             merge = column == "generate, LoRA merged"
             if merge:
@@ -101,21 +101,21 @@ def measure(layers: list[int], tokens: int, repeats: int = 3) -> list[dict[str, 
 
 
 def to_markdown(rows: list[dict[str, Any]], tokens: int, threads: int) -> str:
-    names = [c for c, _, _ in PATHS]
+    names = [c for c, _, _ in PATHS.values() if c in rows[0]]
     lines = [f"Host ms per decode step, `Policy.generate`, 5 sequences x {tokens} tokens, width {WIDTH}, "
              f"{threads} torch thread(s):", "",
              "| decoder layers | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     lines += ["| " + " | ".join([str(r["layers"])] + [f"{r[c]:.2f}" for c in names]) + " |" for r in rows]
     deep = rows[-1]
-    today = deep["generate, LoRA unmerged"]
     lines += [""]
-    for c in names[1:]:
+    today = deep.get("generate, LoRA unmerged")
+    for c in names[1:] if today else []:
         lines.append(f"- {c}: {today / deep[c]:.1f}x lower than today's ({deep['layers']} layers)")
     compiled = [c for c in names if c + " (first call, s)" in deep]
     lines += [f"- first call of `{c}` (compiles the step): {deep[c + ' (first call, s)']:.0f} s" for c in compiled]
     if len(rows) >= 2:
         a = rows[0]
-        for c in (names[0], names[3]):
+        for c in names:
             slope = (deep[c] - a[c]) / (deep["layers"] - a["layers"])
             lines.append(f"- per decoder layer, {c}: {slope:.3f} ms per step ({a['layers']} -> {deep['layers']} layers)")
     return "\n".join(lines)
@@ -128,7 +128,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per sequence (default 48)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the fastest counts")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help=f"comma-separated decode paths, today's first (default all: {','.join(PATHS)})")
     args = ap.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        ap.error(f"--paths {args.paths!r}: unknown {unknown}; choose from {', '.join(PATHS)}")
     try:
         layers = [int(x) for x in args.layers.split(",") if x.strip()]
     except ValueError:
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.tokens < 2:
         ap.error(f"--tokens {args.tokens}: need at least 2 (the first token comes from the prefill)")
     torch.set_num_threads(args.threads)
-    rows = measure(layers, args.tokens, args.repeats)
+    rows = measure(layers, args.tokens, args.repeats, paths)
     print(to_markdown(rows, args.tokens, args.threads))
     return rows
 

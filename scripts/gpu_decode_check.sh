@@ -23,9 +23,10 @@ fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
     DEVICE_ARGS=(--device cpu --scaled-down --image-pixels 12544)
     MODEL_ARGS=(--scaled-down --device cpu)
-    SIZES=${SIZES:-2}; COMPILE=${COMPILE:-false}; DTYPE=float32; TOKENS=(--set sampling.solver_max_new_tokens=16)
+    SIZES=${SIZES:-1,2}; COMPILE=${COMPILE:-false}; DTYPE=float32; N=2
+    TOKENS=(--set sampling.solver_max_new_tokens=6 --set sampling.proposer_max_new_tokens=4 --set sampling.num_rollouts=2)
 else
-    DEVICE_ARGS=(); MODEL_ARGS=(); SIZES=${SIZES:-8,16}; COMPILE=${COMPILE:-true}; DTYPE=bfloat16; TOKENS=()
+    DEVICE_ARGS=(); MODEL_ARGS=(); SIZES=${SIZES:-8,16}; COMPILE=${COMPILE:-true}; DTYPE=bfloat16; TOKENS=(); N=5
 fi
 
 "$PY" - <<'EOF' 2>&1 | tee "$OUT/versions.txt" || exit 1
@@ -38,7 +39,7 @@ EOF
 bench() {   # name, then throughput arguments
     local name=$1; shift
     echo "== $name: $(date -u +%T)"
-    "$PY" -m benchmarks.throughput --gpu-7b "${DEVICE_ARGS[@]}" --no-side-by-side --n 5 --iterations 1 --warmup 1 \
+    "$PY" -m benchmarks.throughput --gpu-7b "${DEVICE_ARGS[@]}" --no-side-by-side --n "$N" --iterations 1 --warmup 1 \
         "${TOKENS[@]}" --output "$OUT/$name" "$@" 2>&1 | grep -v "^\[throughput\]" | tail -30
 }
 # Hugging Face generate today (dynamic cache), at 8 images only: at ~1 rollout/s it is the slow one.

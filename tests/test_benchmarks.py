@@ -259,18 +259,21 @@ def test_random_7b_checkpoint_runs_through_the_trainers_command_line(tmp_path):
     assert all(shape[0] == 16 for shape in lora_a.values())   # rank 16, the 7B config's
 
 
-def test_decode_overhead_measures_each_depth_both_ways_and_rejects_bad_depths(capsys):
+def test_decode_overhead_measures_each_depth_and_path_and_rejects_bad_arguments(capsys):
+    """Today's path and the static one side by side (the compiled columns are the same code with
+    torch.compile on the step; tests/test_decode.py checks that compile)."""
     from benchmarks import decode_overhead
 
-    rows = decode_overhead.main(["--layers", "1,3", "--tokens", "2"])
+    rows = decode_overhead.main(["--layers", "1,3", "--tokens", "2", "--repeats", "1", "--paths", "generate,static"])
     assert [r["layers"] for r in rows] == [1, 3]
-    assert all(r["ms_per_step_unmerged"] > 0 and r["ms_per_step_merged"] > 0 for r in rows)
+    assert all(r["generate, LoRA unmerged"] > 0 and r["static eager, merged copy"] > 0 for r in rows)
     out = capsys.readouterr().out
-    assert "| 3 |" in out and "Per decoder layer:" in out
-    for bad in (["--layers", "0,2"], ["--layers", "two"], ["--tokens", "1"]):
+    assert "| 3 |" in out and "x lower than today's (3 layers)" in out and "per decoder layer" in out
+    for bad in (["--layers", "0,2"], ["--layers", "two"], ["--tokens", "1"], ["--paths", "vllm"]):
         with pytest.raises(SystemExit):
             decode_overhead.main(bad)
-    assert "--layers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--layers" in err and "--paths 'vllm'" in err
 
 
 def test_gpu_mode_can_decode_with_a_static_cache(tmp_path, monkeypatch):
