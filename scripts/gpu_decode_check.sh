@@ -23,7 +23,7 @@ fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
     DEVICE_ARGS=(--device cpu --scaled-down --image-pixels 12544)
     MODEL_ARGS=(--scaled-down --device cpu)
-    SIZES=${SIZES:-1,2}; COMPILE=${COMPILE:-false}; DTYPE=float32; N=2
+    SIZES=${SIZES:-1,2}; COMPILE=${COMPILE:-false}; DTYPE=float32; N=2; DEVICE_ARGS+=(--max-new-tokens 8)
     TOKENS=(--set sampling.solver_max_new_tokens=6 --set sampling.proposer_max_new_tokens=4 --set sampling.num_rollouts=2)
 else
     DEVICE_ARGS=(); MODEL_ARGS=(); SIZES=${SIZES:-8,16}; COMPILE=${COMPILE:-true}; DTYPE=bfloat16; TOKENS=(); N=5
