@@ -250,7 +250,8 @@ class StaticDecoder:
         # All three M-RoPE axes of a text token carry the same position.
         cos, sin = self.lm.rotary_emb(x, positions.view(1, b, 1).expand(3, b, 1))
         valid.index_fill_(1, write, True)
-        bias = torch.zeros(valid.shape, dtype=torch.float32, device=x.device).masked_fill(~valid, float("-inf"))
+        # The dtype minimum, not -inf: exp underflows to 0 all the same, and no -inf - -inf can make a NaN.
+        bias = torch.zeros(valid.shape, dtype=torch.float32, device=x.device).masked_fill(~valid, torch.finfo(torch.float32).min)
         x, _ = self._layers(x, cos, sin, layers, (keys, values, write, bias))
         return self.backbone.lm_head(x[:, 0]).float()
 
