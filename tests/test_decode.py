@@ -152,8 +152,12 @@ def test_the_decode_step_compiles_whole_and_once(policy, images):
 
 
 @pytest.mark.slow
-def test_compiled_step_with_inductor_matches_generate(policy, images):
-    """The configuration a GPU run uses (perf.compile_decode), built by inductor: the same greedy ids."""
+def test_compiled_step_with_inductor_matches_generate(policy, images, tmp_path, monkeypatch):
+    """The configuration a GPU run uses (perf.compile_decode), built by inductor: the same greedy ids.
+
+    Built cold in its own cache folder: inductor's cache key leaves out ATEN_CPU_CAPABILITY, and code
+    cached under one setting crashed a process run under another (seen here, not a decode bug)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     ref = _hf(policy, images, n=1, tokens=32, greedy=True)
     out = _static(policy, images, n=1, tokens=32, greedy=True, compile=True)
