@@ -5,7 +5,8 @@ policy of eq. 7 is the same backbone with every adapter disabled (``with disable
 i.e. the frozen initial policy of both roles. Everything on the hot path is batched:
 
 * rollouts: one ``generate`` call per rollout batch, with ``num_return_sequences`` so the vision
-  tower encodes each image once however many rollouts share it;
+  tower encodes each image once however many rollouts share it; or, with ``perf.decode=static``,
+  the static-cache loop of ``decode.py`` (each prompt prefilled once, one compiled decode step);
 * log-probabilities: one forward per rollout batch over the token ids that were sampled (never a
   re-tokenisation of decoded text), of the distribution sampling drew from (temperature applied,
   suppressed tokens removed), with the LM head in fp32; the image features are computed once per
