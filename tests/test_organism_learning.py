@@ -1,0 +1,129 @@
+"""End-to-end learning on the organism: the method's full Solver reward (answer agreement plus the
+step reward at lambda = 0.7, eq. 1-6), the Proposer rewarded and updated every 5 iterations,
+trained on pie charts, must raise the Solver's held-out accuracy on one question family where the
+shipped model's majority of 5 beats its single sample (pie extremes, docs/embedded_model.md
+"Majority gain per question family": 25.4 % vs 36.8 %). With the rewards negated it must not.
+
+The learning test beside it (test_learning_end_to_end.py) holds lambda at 0 and checks agreement on
+its training images; this one checks what the agreement is for: accuracy on 200 held-out images
+(``families.family_items``, the families table's seed), single-sample at temperature 1, before and
+after training, scored by ``families.score_samples``. Because the step reward is 70 % of r^sol
+here, flipping its sign in ``rewards.step_agreement`` pushes the Solver away from its dominant group:
+both tests then fail (tried by hand, seed 0: the normal run 26.1 -> 9.3, the negated one -> 36.4;
+docs/testing.md, "Learning on the organism").
+
+The Solver's question is drawn from the family's two templates ("Which slice is the largest?",
+"What percentage is the smallest slice?") instead of parsed from the Proposer's text: with the
+Proposer's own questions (spread over the pie's families; the family's two exact templates were
+3-12 % of them), 30 to 80 iterations left held-out accuracy where it was (docs/testing.md). The
+Proposer still generates, is rewarded (eq. 9) and is updated; only its question is replaced.
+
+Measured (docs/testing.md), seeds 0, 1, 2: see RISE's comment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+from conftest import tiny_overrides
+
+import ireasoner_core.trainer as trainer_mod
+from ireasoner_core import prompts
+from ireasoner_core.config import build_config
+from ireasoner_core.data.synthetic import generate_synthetic
+from ireasoner_core.embedded.families import FAMILIES_SEED, family_items, score_samples
+from ireasoner_core.embedded.measure import SOLVER_MAX_NEW_TOKENS, _generate
+from ireasoner_core.trainer import Trainer
+
+FAMILY = "extreme_pie"
+QUESTIONS = ("Which slice is the largest?", "What percentage is the smallest slice?")
+ITERATIONS = 50
+HELD_OUT = 200
+SAMPLES = 5
+# Points of single-sample accuracy, after minus before. Measured (1 thread, 200 items, seeds 0/1/2):
+# rewards as specified +11.6 / +9.8 / +10.7 (from 26.1);
+# negated -6.5 / -6.2 / -16.3. The threshold sits between the two groups.
+RISE = 4.0
+
+
+def _accuracy(policy) -> float:
+    """Single-sample accuracy (%) of the Solver adapter on the family's held-out items."""
+    import torch
+
+    pairs = family_items(FAMILY, HELD_OUT, FAMILIES_SEED)
+    policy.activate("solver")
+    policy.model.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(FAMILIES_SEED)
+        sampled = _generate(policy.model, policy.processor, [prompts.solver_messages(qa.question) for _, qa in pairs],
+                            [im for im, _ in pairs], samples=SAMPLES, max_new_tokens=SOLVER_MAX_NEW_TOKENS,
+                            batch_size=64, stop="</answer>")
+    return 100 * sum(score_samples(t, qa.answer)[0] for (_, qa), t in zip(pairs, sampled)) / len(pairs)
+
+
+def _run(root, *, negate: bool, seed: int = 0) -> tuple[float, float]:
+    """(held-out accuracy before training, after training) of one run."""
+    import torch
+
+    torch.set_num_threads(1)   # the documented measurement's setting; two runs share the 2 cores
+    cfg = build_config({}, tiny_overrides(root / f"run-{'neg' if negate else 'pos'}-{seed}", **{
+        "seed": seed, "data.image_dir": str(root / "images"),
+        "sampling.num_rollouts": 8, "sampling.solver_max_new_tokens": 96, "sampling.proposer_max_new_tokens": 24,
+        "rewards.min_group": 2, "rewards.lambda_start": 0.7, "rewards.lambda_end": 0.7,
+        "schedule.iterations": ITERATIONS, "schedule.images_per_iteration": 2,
+        "schedule.proposer_update_every": 5, "optim.lr": 1e-3, "lora.dropout": 0.0,
+        "checkpoint.every": ITERATIONS + 1, "log_diagnostics_every": ITERATIONS + 1,
+    }))
+    solver_rewards, proposer_reward = trainer_mod.solver_rewards, trainer_mod.proposer_reward
+
+    def signed_solver(*args, **kwargs):
+        sr = solver_rewards(*args, **kwargs)
+        if negate:
+            sr.r_sol[:] = [-r for r in sr.r_sol]
+        return sr
+
+    def signed_proposer(*args, **kwargs):
+        r = proposer_reward(*args, **kwargs)
+        return -r if negate else r
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "solver_rewards", signed_solver)
+        mp.setattr(trainer_mod, "proposer_reward", signed_proposer)
+        # The trainer seeds `random`, so the drawn questions are the same for both signs.
+        mp.setattr(trainer_mod, "parse_question", lambda text, fallback: random.choice(QUESTIONS))
+        trainer = Trainer(cfg)
+        # The adapters start at zero (LoRA's B), so this is the shipped model's accuracy; the
+        # forked RNG leaves the training run as it would be without it.
+        before = _accuracy(trainer.policy)
+        for t in range(1, ITERATIONS + 1):
+            trainer.iteration(t)
+        return before, _accuracy(trainer.policy)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, embedded_model_dir):
+    root = tmp_path_factory.mktemp("organism")
+    generate_synthetic(root / "images", 32, seed=5, kinds=("pie",))
+    # Independent runs, side by side in fresh one-thread processes: half the suite's time.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        normal = pool.submit(_run, root, negate=False)
+        negated = pool.submit(_run, root, negate=True)
+        return {"normal": normal.result(), "negated": negated.result()}
+
+
+@pytest.mark.slow
+def test_full_reward_raises_held_out_accuracy_on_the_family(runs):
+    before, after = runs["normal"]
+    assert after - before > RISE, (before, after)
+
+
+@pytest.mark.slow
+def test_negated_rewards_do_not_raise_it(runs):
+    before, after = runs["negated"]
+    assert after - before < RISE, (before, after)
+    # Same seed, same images, same questions: only the rewards' sign differs.
+    assert runs["normal"][1] - after > 2 * RISE, (runs["normal"], runs["negated"])
