@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 
-
 @dataclass
 class Decoded:
     """One call's output, shaped as ``generate`` returns it plus the sampling log-probabilities."""
@@ -182,7 +181,7 @@ class StaticDecoder:
                     bases = [getattr(m, "base_layer", m) for m in mods]
                     w = torch.empty((sum(x.weight.shape[0] for x in bases), bases[0].weight.shape[1]),
                                     dtype=bases[0].weight.dtype, device=bases[0].weight.device)
-                    has_bias = all(x.bias is not None for x in bases)
+                    has_bias = any(x.bias is not None for x in bases)   # a fused matrix: zeros where one has none
                     bias = torch.empty(w.shape[0], dtype=w.dtype, device=w.device) if has_bias else None
                     for t in (w, bias):
                         if t is not None:
@@ -201,7 +200,7 @@ class StaticDecoder:
                     if a is not None:
                         buf[rows].addmm_(bb.to(buf.dtype), a.to(buf.dtype), alpha=s)
                     if bias is not None:
-                        bias[rows].copy_(b)
+                        bias[rows].copy_(b) if b is not None else bias[rows].zero_()
                     row += w.shape[0]
         return tuple(self._merged)
 

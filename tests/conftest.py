@@ -73,3 +73,22 @@ def pytest_collection_modifyitems(items):
     # its tests go last so that it never competes for the 2 cores with the timing-sensitive
     # CPU-bound tests (torch threads spin-wait badly on an oversubscribed machine).
     items.sort(key=lambda item: "stack" in getattr(item, "fixturenames", ()))
+
+
+def _on_one_thread(run, root: Path, negate: bool):
+    import torch
+
+    torch.set_num_threads(1)   # the learning tests' documented setting; the two runs share the 2 cores
+    return run(root, negate=negate)
+
+
+def normal_and_negated(run, root: Path) -> dict:
+    """``run(root, negate=False)`` and ``run(root, negate=True)`` side by side, each in a fresh spawned
+    one-thread process: the runs are independent, so together they take half the suite's time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        normal = pool.submit(_on_one_thread, run, root, False)
+        negated = pool.submit(_on_one_thread, run, root, True)
+        return {"normal": normal.result(), "negated": negated.result()}

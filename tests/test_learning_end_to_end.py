@@ -22,12 +22,10 @@ for the normal run, +0.43 for the negated one).
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from conftest import tiny_overrides
+from conftest import normal_and_negated, tiny_overrides
 
 import ireasoner_core.trainer as trainer_mod
 from ireasoner_core.config import build_config
@@ -81,23 +79,11 @@ def _trend(xs: list[float]) -> float:
     return statistics.fmean(xs[-WINDOW:]) - statistics.fmean(xs[:WINDOW])
 
 
-def _run_on_one_thread(root, negate: bool) -> tuple[list[float], list[float]]:
-    import torch
-
-    torch.set_num_threads(1)   # the documented measurement's setting; two runs share the 2 cores
-    return _run(root, negate=negate)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, embedded_model_dir):
     root = tmp_path_factory.mktemp("learning")
     generate_synthetic(root / "images", 2, seed=5, kinds=("bar",))
-    # The two runs are independent: side by side in fresh processes they take half the suite's time.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        normal = pool.submit(_run_on_one_thread, root, False)
-        negated = pool.submit(_run_on_one_thread, root, True)
-        return {"normal": normal.result(), "negated": negated.result()}
+    return normal_and_negated(_run, root)
 
 
 @pytest.mark.slow

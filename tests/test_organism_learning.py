@@ -23,12 +23,10 @@ Measured (docs/testing.md), seeds 0, 1, 2: see RISE's comment.
 
 from __future__ import annotations
 
-import multiprocessing
 import random
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from conftest import tiny_overrides
+from conftest import normal_and_negated, tiny_overrides
 
 import ireasoner_core.trainer as trainer_mod
 from ireasoner_core import prompts
@@ -66,9 +64,6 @@ def _accuracy(policy) -> float:
 
 def _run(root, *, negate: bool, seed: int = 0) -> tuple[float, float]:
     """(held-out accuracy before training, after training) of one run."""
-    import torch
-
-    torch.set_num_threads(1)   # the documented measurement's setting; two runs share the 2 cores
     cfg = build_config({}, tiny_overrides(root / f"run-{'neg' if negate else 'pos'}-{seed}", **{
         "seed": seed, "data.image_dir": str(root / "images"),
         "sampling.num_rollouts": 8, "sampling.solver_max_new_tokens": 96, "sampling.proposer_max_new_tokens": 24,
@@ -107,12 +102,7 @@ def _run(root, *, negate: bool, seed: int = 0) -> tuple[float, float]:
 def runs(tmp_path_factory, embedded_model_dir):
     root = tmp_path_factory.mktemp("organism")
     generate_synthetic(root / "images", 32, seed=5, kinds=("pie",))
-    # Independent runs, side by side in fresh one-thread processes: half the suite's time.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        normal = pool.submit(_run, root, negate=False)
-        negated = pool.submit(_run, root, negate=True)
-        return {"normal": normal.result(), "negated": negated.result()}
+    return normal_and_negated(_run, root)
 
 
 @pytest.mark.slow
