@@ -181,3 +181,22 @@ def test_ten_iterations_agree_under_both_decode_paths(tiny_cfg, tmp_path):
         for key, va in ra.items():
             if isinstance(va, float) and not key.startswith(("time", "perf", "sec")):
                 assert rb[key] == pytest.approx(va, abs=1e-4), (ra.get("iteration"), key)
+
+
+def test_greedy_ids_equal_generate_on_a_local_model_folder(tmp_path, images):
+    """The path the 7B presets take: ``model.name_or_path`` a local Qwen2.5-VL folder, here a random-weight
+    checkpoint of the published 7B config scaled down (its 152,064-row vocabulary, 14-px patches, M-RoPE
+    sections [16, 24, 24] of a 128-wide head), loaded by the trainer's own loader."""
+    from benchmarks.qwen7b import main as qwen7b_main
+    from ireasoner_core.config import build_config
+
+    folder = tmp_path / "q7b"
+    assert qwen7b_main([str(folder), "--scaled-down", "--device", "cpu", "--image-pixels", str(112 * 112)]) == 0
+    cfg = build_config({}, {"model.name_or_path": str(folder), "model.dtype": "float32", "lora.dropout": 0.0,
+                            "data.image_dir": str(tmp_path)})
+    pol = Policy(cfg.model, cfg.lora, cfg.perf, torch.device("cpu"), torch.float32)
+    _randomise_adapters(pol, seed=0)
+    for adapter in ("merged", "unmerged"):
+        ref = _hf(pol, images, n=1, tokens=16, greedy=True)
+        out = _static(pol, images, n=1, tokens=16, greedy=True, adapter=adapter)
+        assert torch.equal(out.sequences, ref), adapter
