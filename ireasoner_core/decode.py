@@ -44,8 +44,9 @@ def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
 
 
-class StaticCache:
-    """Per-layer K/V buffers [B, kv_heads, S, head_dim] and the key-validity mask [B, S], reused across calls
+class RolloutKVCache:
+    """The rollouts' KV cache (not transformers' ``StaticCache``: the prompt is written once per image and
+    copied into its rows, and the step reads the buffers directly). Per-layer K/V buffers [B, kv_heads, S, head_dim] and the key-validity mask [B, S], reused across calls
     of the same shape so that their addresses stay fixed (what a replayed CUDA graph needs)."""
 
     def __init__(self, layers: int, batch: int, length: int, kv_heads: int, head_dim: int,
@@ -128,7 +129,7 @@ class StaticDecoder:
         self.scaling = self.head_dim ** -0.5
         self.stop_check_every = max(1, stop_check_every)
         self.cache_bucket = max(1, cache_bucket)
-        self._caches: dict[tuple, StaticCache] = {}
+        self._caches: dict[tuple, RolloutKVCache] = {}
         self._merged: list[tuple[torch.Tensor, ...]] | None = None
         self.step = self._step
         if compile:
@@ -273,12 +274,12 @@ class StaticDecoder:
         next_pos = positions.masked_fill((mask == 0).unsqueeze(0), -1).amax(dim=(0, 2)) + 1
         return logits, kv, next_pos
 
-    def _cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> StaticCache:
+    def _cache(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> RolloutKVCache:
         key = (batch, length, dtype, device)
         if key not in self._caches:
             if len(self._caches) >= 4:   # prompt lengths vary little per run; keep memory bounded
                 self._caches.pop(next(iter(self._caches)))
-            self._caches[key] = StaticCache(len(self.lm.layers), batch, length, self.kv_heads, self.head_dim,
+            self._caches[key] = RolloutKVCache(len(self.lm.layers), batch, length, self.kv_heads, self.head_dim,
                                             dtype, device)
         return self._caches[key]
 
