@@ -138,7 +138,7 @@ def run_variant(plan: VariantPlan, run_id: str, tracking: str, resources: Resour
             trained = train_variant.with_options(
                 retries=resources.retries, retry_delay_seconds=resources.retry_delay_seconds,
             )(plan, run_id, tracking, launcher=resources.launcher, devices=resources.devices_per_variant,
-              cpu=resources.cpu, data_hash=data_hash)
+              cpu=resources.cpu, data_hash=data_hash, threads=resources.threads_per_variant)
             adapter = trained["solver_adapter"]
         scores: dict[str, float] = {}
         if evaluation.tasks:
@@ -249,7 +249,8 @@ def ireasoner(spec: ExperimentSpec, force: bool = False, changes: dict[str, Any]
 
     pool = sample_image_pool(sources=[str(resolve_path(s)) for s in spec.images.sources],
                              size=spec.images.pool_size, seed=spec.images.pool_seed,
-                             synthetic_images=spec.images.synthetic_images, pools_dir=str(runs_dir / "pools"))
+                             synthetic_images=spec.images.synthetic_images, pools_dir=str(runs_dir / "pools"),
+                             synthetic_kinds=spec.images.synthetic_kinds)
     plans = plan_variants(spec, Path(pool.manifest), pool.data_hash, source)
     tags = provenance_tags(code, source, lock, pool.data_hash)
     parent = create_parent_run(client, experiment_id, spec.name, {

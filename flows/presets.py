@@ -5,9 +5,10 @@ deployments/prefect.yaml carries the same values (a test checks they agree), so 
 UI shows, and lets a person edit, exactly what each deployment runs.
 
 - ``smoke``: the embedded tiny model on synthetic images, minutes on a CPU.
-- ``mini``: paper tables 1 and 2 in miniature on a laptop: baseline, ``soft_only`` and ``full``
-  trained on synthetic images and scored on the whole mini benchmarks, greedy and avg@5, with
-  paired 95 % intervals (docs/evaluation.md has its measured table).
+- ``mini``: paper table 1 in miniature on a laptop, on the model organism: baseline, ``soft_only``,
+  ``full`` and two reward controls (negated, random) trained on synthetic pie charts over 3 seeds and
+  scored on PieExtreme-mini, greedy and avg@5, with paired 95 % intervals and answer entropy
+  (docs/evaluation.md has its measured table).
 - ``main``: paper table 1, the untrained baseline and the full method.
 - ``ablations``: every variant of paper tables 2 and 3.
 - ``retrain``: the full method on the current image folder (scheduled, off by default).
@@ -28,13 +29,22 @@ SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
 # main, ablations and retrain evaluate paper table 1 (SPEC.md; lmms-eval task names). Their datasets
 # come from the Hugging Face cache: `ireasoner benchmarks fetch` once, on a machine with network.
 
-# The CPU sweep: chosen so that training moves the embedded policy in about 10 minutes on 2 idle
-# cores (9.4 min measured; longer when other jobs share them; docs/evaluation.md, "The mini sweep").
+# The CPU sweep, on the model organism (docs/embedded_model.md): pie charts, where the shipped model's
+# majority of 5 beats its single sample by ~11 points on the extreme questions (largest slice, smallest
+# share), the condition under which agreement rewards can help; scored on PieExtreme-mini (400 items).
+# Sized for 2 cores within 30 minutes: 3 seeds x 4 trained variants of 50 iterations, two trainings at
+# once on one thread each (docs/evaluation.md, "The mini sweep", has the measured time).
 MINI_IMAGES = 64
-MINI_ITERATIONS = 100
+MINI_KINDS = ["pie"]
+MINI_ITERATIONS = 50
+MINI_SEEDS = [0, 1, 2]
 # lr 1e-3: the rate at which the embedded policy measurably moves (tests/test_learning_end_to_end.py);
 # >= 3e-3 drowns in noise within tens of iterations and 2e-2 breaks the answer format in one step.
-MINI_OVERRIDES = {"optim.lr": 1e-3, "schedule.images_per_iteration": 2, "checkpoint.every": 25}
+# N = 8 rollouts, as the organism learning test (tests/test_organism_learning.py).
+MINI_OVERRIDES = {"optim.lr": 1e-3, "schedule.images_per_iteration": 2, "sampling.num_rollouts": 8,
+                  "checkpoint.every": 25}
+MINI_TASKS = ["ireasoner_pie_extreme_mini"]
+MINI_RESOURCES = {"max_parallel_training": 2, "launcher": "subprocess", "threads_per_variant": 1}
 MINI_PROTOCOL = "solver"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,13 +65,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mini": {
         "name": "mini",
         "base_config": "configs/tiny.yaml",
-        "images": {"synthetic_images": MINI_IMAGES},
+        "images": {"synthetic_images": MINI_IMAGES, "synthetic_kinds": list(MINI_KINDS)},
         "iterations": MINI_ITERATIONS,
         "overrides": dict(MINI_OVERRIDES),
-        "variants": ["baseline", "soft_only", "full"],
-        "seeds": [0],
-        "evaluation": {"tasks": ["ireasoner_chartqa_mini", "ireasoner_ai2d_mini", "ireasoner_geometry_mini"],
-                       "protocol": MINI_PROTOCOL, "sampled_k": 5},
+        # the method, its answer-only ablation, and two reward controls (config.CONTROLS)
+        "variants": ["baseline", "soft_only", "full", "negated", "random_reward"],
+        "seeds": list(MINI_SEEDS),
+        "evaluation": {"tasks": list(MINI_TASKS), "protocol": MINI_PROTOCOL, "sampled_k": 5},
+        "resources": dict(MINI_RESOURCES),
     },
     "main": {
         "name": "main",

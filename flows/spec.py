@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ireasoner_core.config import (
-    ABLATIONS,
+    NAMED_VARIANTS,
     EMBEDDED_MODEL,
     TABLE2_ABLATIONS,
     TABLE3_ABLATIONS,
@@ -77,8 +77,8 @@ class VariantSpec(_Spec):
     @field_validator("ablation")
     @classmethod
     def _ablation(cls, v: str) -> str:
-        if v != BASELINE and v not in ABLATIONS:
-            raise ValueError(f"unknown ablation {v!r}; known: {BASELINE}, {', '.join(ABLATIONS)}")
+        if v != BASELINE and v not in NAMED_VARIANTS:
+            raise ValueError(f"unknown ablation {v!r}; known: {BASELINE}, {', '.join(NAMED_VARIANTS)}")
         return v
 
 
@@ -90,6 +90,20 @@ class ImagesSpec(_Spec):
     pool_size: int | None = Field(None, gt=0, description="Images sampled into the pool (None = all).")
     pool_seed: int = Field(0, ge=0, description="Seed of the pool sample (and of synthetic images).")
     synthetic_images: int = Field(16, gt=0, description="Synthetic images generated when sources is empty.")
+    synthetic_kinds: list[str] | None = Field(
+        None, description="Kinds of synthetic image (bar, line, pie, diagram, geometry); None = all of them in turn.")
+
+    @field_validator("synthetic_kinds")
+    @classmethod
+    def _known_kinds(cls, v: list[str] | None) -> list[str] | None:
+        from ireasoner_core.data.synthetic import KINDS
+
+        for i, k in enumerate(v or []):
+            if k not in KINDS:
+                raise ValueError(f"images.synthetic_kinds[{i}]: unknown kind {k!r}; known: {', '.join(KINDS)}")
+        if v is not None and not v:
+            raise ValueError("images.synthetic_kinds: an empty list; give kinds or leave it unset (all kinds)")
+        return v
 
     @field_validator("sources")
     @classmethod
@@ -144,8 +158,20 @@ class ResourcesSpec(_Spec):
     dispatch: Literal["local", "workers"] = Field(
         "local", description="'local' = variants run as tasks of this flow run; 'workers' = each variant is "
         "its own flow run of deployment ireasoner-variant/variant, picked up by any worker of the pool.")
+    threads_per_variant: int | None = Field(
+        None, ge=1, description="CPU threads (OMP_NUM_THREADS) of each training subprocess; None = torch's default "
+        "(every core). On a CPU with several trainings at once, cores / max_parallel_training.")
     retries: int = Field(2, ge=0, description="Prefect retries of a training task; each resumes from its checkpoint.")
     retry_delay_seconds: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _threads_need_a_subprocess(self) -> "ResourcesSpec":
+        in_process = self.launcher == "in_process" or (self.launcher == "auto" and self.devices_per_variant == 1)
+        if self.threads_per_variant is not None and in_process:
+            raise ValueError(f"resources.threads_per_variant={self.threads_per_variant}: sets the threads of training "
+                             "subprocesses, but these trainings run in the flow's process; set resources.launcher: "
+                             "subprocess")
+        return self
 
 
 class ExperimentSpec(_Spec):
@@ -208,10 +234,10 @@ class ExperimentSpec(_Spec):
                 out.append(item)
             elif item in VARIANT_GROUPS:
                 out.extend(VARIANT_GROUPS[item])
-            elif item == BASELINE or item in ABLATIONS:
+            elif item == BASELINE or item in NAMED_VARIANTS:
                 out.append(item)
             else:
-                known = [BASELINE, *VARIANT_GROUPS, *ABLATIONS]
+                known = [BASELINE, *VARIANT_GROUPS, *NAMED_VARIANTS]
                 raise ValueError(f"variants[{i}]: unknown variant {item!r}; known: {', '.join(known)}")
         names = [x.name if isinstance(x, VariantSpec) else x for x in out]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -111,6 +111,10 @@ class RewardConfig(_Section):
     warmup_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Eq. 6 warm-up: f, fraction held at lambda_start.")
     proposer_mu_h: float = Field(0.90, description="Proposer reward centre mu_H (nats).")
     proposer_sigma_h: float = Field(0.35, gt=0.0, description="Proposer reward width sigma_H (nats).")
+    control: Literal["none", "negated", "random"] = Field(
+        "none", description="Reward control (not in SPEC.md's method): 'negated' trains on -r (Solver and "
+        "Proposer), 'random' on rewards drawn uniformly from [0, 1) per rollout, independent of what it wrote. "
+        "The controls of the mini sweep: a mechanism that works must not work with these.")
 
 
 class KLConfig(_Section):
@@ -214,6 +218,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 """SPEC.md's ablation table as overrides of the full method. ``no_warmup`` sets lambda to
 lambda_end from the first iteration; it reads lambda_end's default (0.7) when applied."""
 
+CONTROLS: dict[str, dict[str, Any]] = {
+    "negated": {"rewards.control": "negated"},
+    "random_reward": {"rewards.control": "random"},
+}
+"""Reward controls of the full method (not SPEC.md ablations): the mini sweep's checks that a gain
+comes from what the rewards say, not from training as such."""
+
+NAMED_VARIANTS: dict[str, dict[str, Any]] = {**ABLATIONS, **CONTROLS}
+"""Every name a run's ``ablation`` (and a sweep's variant) may take."""
+
 TABLE2_ABLATIONS = [
     "full", "soft_only", "step_only", "no_warmup", "no_position_decay", "no_density",
     "no_length_penalty", "soft_gamma_0.5", "soft_gamma_1.0", "discrete", "discrete_plus_step",
@@ -248,8 +262,8 @@ class TrainConfig(_Section):
     @field_validator("ablation")
     @classmethod
     def _known_ablation(cls, v: str) -> str:
-        if v not in ABLATIONS:
-            raise ValueError(f"unknown ablation {v!r}; known: {', '.join(ABLATIONS)}")
+        if v not in NAMED_VARIANTS:
+            raise ValueError(f"unknown ablation {v!r}; known: {', '.join(NAMED_VARIANTS)}")
         return v
 
     @model_validator(mode="after")
@@ -336,10 +350,10 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
     ablation = raw.get("ablation", "full")
-    if ablation not in ABLATIONS:
+    if ablation not in NAMED_VARIANTS:
         raise ConfigError(f"invalid configuration ({source}):\n  ablation: unknown ablation {ablation!r}; "
-                          f"known: {', '.join(ABLATIONS)}")
-    for key, value in ABLATIONS[ablation].items():
+                          f"known: {', '.join(NAMED_VARIANTS)}")
+    for key, value in NAMED_VARIANTS[ablation].items():
         # An explicit override the ablation would silently replace is an error, not a loss: which
         # of the two the user meant cannot be guessed (no_warmup with lambda_end=0.3 is neither).
         if key in overrides and overrides[key] != value:

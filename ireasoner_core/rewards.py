@@ -22,6 +22,7 @@ Choices SPEC.md leaves open, pinned by tests/test_rewards.py:
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -197,6 +198,21 @@ def proposer_reward(H: float, mu: float, sigma: float) -> float:
     if sigma <= 0:
         raise ValueError(f"proposer sigma_H must be > 0, got {sigma}")
     return math.exp(-((H - mu) ** 2) / (2.0 * sigma**2))
+
+
+def reward_control(rewards: Sequence[float], control: str, key: str) -> list[float]:
+    """The rewards a role trains on under ``rewards.control`` (not SPEC.md): as computed, -r, or U[0, 1).
+
+    ``key`` seeds the random control (run seed, iteration, process, role), so a resumed run draws the same.
+    """
+    if control == "none":
+        return list(rewards)
+    if control == "negated":
+        return [-r for r in rewards]
+    if control == "random":
+        rng = random.Random(key)
+        return [rng.random() for _ in rewards]
+    raise ValueError(f"rewards.control: unknown control {control!r}; known: none, negated, random")
 
 
 def update_baseline(b: float, r: float, m: float) -> float:

@@ -47,7 +47,7 @@ from .preempt import StopRequest, TrainingInterrupted, stop_on_signals
 from .prompts import FALLBACK_QUESTION
 from .rundir import check_resumed_pool, config_changed_error, run_dir_lock
 from .storage import save_torch, writing
-from .rewards import (kl_controller, leave_one_out, proposer_reward, solver_rewards, update_baseline,
+from .rewards import (kl_controller, leave_one_out, proposer_reward, reward_control, solver_rewards, update_baseline,
                       warmup_lambda)
 
 
@@ -445,15 +445,19 @@ class Trainer:
                     r_sol[r] = v
             r_prop = [proposer_reward(sr.entropy, cfg.rewards.proposer_mu_h, cfg.rewards.proposer_sigma_h)
                       for sr in per_image]
+            # The logged signals stay the method's own; only what the updates see is controlled.
+            key = f"{cfg.seed}/{t}/{self.acc.process_index}"
+            r_sol = reward_control(r_sol, cfg.rewards.control, f"{key}/solver")
+            r_prop_trained = reward_control(r_prop, cfg.rewards.control, f"{key}/proposer")
 
         with timer("update"):
             sol_stats = self._update("solver", sol_batches, r_sol, feats, ref_feats, enc)
             prop_updated = t % cfg.schedule.proposer_update_every == 0
             if prop_updated:
-                prop_stats = self._update("proposer", prop_batches, r_prop, feats, ref_feats, enc)
+                prop_stats = self._update("proposer", prop_batches, r_prop_trained, feats, ref_feats, enc)
             else:
                 prop_stats = UpdateStats(float("nan"), float("nan"), float("nan"))
-                for r in self._all_rewards(r_prop):       # the baseline tracks every proposer reward
+                for r in self._all_rewards(r_prop_trained):       # the baseline tracks every proposer reward
                     self.state["proposer"].baseline = update_baseline(
                         self.state["proposer"].baseline, r, cfg.optim.baseline_momentum)
 

@@ -57,14 +57,15 @@ def pool_key(sources: list[Path], size: int | None, seed: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def synthetic_folder(pools_dir: Path, n: int, seed: int) -> Path:
-    """Generate n synthetic images once into pools_dir (the marker file says the folder is complete)."""
+def synthetic_folder(pools_dir: Path, n: int, seed: int, kinds: list[str] | None = None) -> Path:
+    """Generate n synthetic images (of ``kinds``; None = every kind) once into pools_dir (the marker
+    file says the folder is complete)."""
     from ireasoner_core.data.synthetic import generate_synthetic
 
-    folder = pools_dir / f"synthetic-n{n}-seed{seed}"
+    folder = pools_dir / (f"synthetic-n{n}-seed{seed}" + (f"-{'+'.join(kinds)}" if kinds else ""))
     if not (folder / SYNTHETIC_DONE).is_file():
-        generate_synthetic(folder, n, seed=seed)
-        (folder / SYNTHETIC_DONE).write_text(json.dumps({"n": n, "seed": seed}))
+        generate_synthetic(folder, n, seed=seed, kinds=kinds)
+        (folder / SYNTHETIC_DONE).write_text(json.dumps({"n": n, "seed": seed, "kinds": kinds}))
     return folder
 
 
@@ -81,13 +82,13 @@ def sample_pool_cached(sources: list[Path], size: int | None, seed: int, pools_d
 
 @task(name="sample-pool", task_run_name="sample-pool")
 def sample_image_pool(sources: list[str], size: int | None, seed: int, synthetic_images: int,
-                      pools_dir: str) -> PoolRef:
+                      pools_dir: str, synthetic_kinds: list[str] | None = None) -> PoolRef:
     """Pool task: image folders (or synthetic images) → cached manifest → PoolRef."""
     log = get_run_logger()
     pools = Path(pools_dir)
     roots = [Path(s) for s in sources]
     if not roots:
-        roots = [synthetic_folder(pools, synthetic_images, seed)]
+        roots = [synthetic_folder(pools, synthetic_images, seed, synthetic_kinds)]
         log.info("no image sources given: using %d synthetic images in %s", synthetic_images, roots[0])
     manifest, path, cached = sample_pool_cached(roots, size, seed, pools)
     log.info("pool %s: %d images (%d skipped as unreadable or unusable)%s -> %s", manifest.hash(), len(manifest.images),

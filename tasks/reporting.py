@@ -41,7 +41,8 @@ from ireasoner_core.reports.figures import (
     training_figures,
     usable_diagnostics,
 )
-from ireasoner_core.reports.tables import AVERAGE, Cell, Table, VariantRun, paper_tables
+from ireasoner_core.reports.tables import (AVERAGE, Cell, Table, VariantRun, answer_entropy_across_items,
+                                           paper_tables)
 from tasks.conventions import (
     EVAL_PREFIX,
     EVAL_SAMPLED_K_PARAM,
@@ -158,6 +159,7 @@ def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRu
     sampled = {sampled_key(name[len(EVAL_SAMPLED_PREFIX):], int(k)): (name[len(EVAL_SAMPLED_PREFIX):], float(v))
                for name, v in run.data.metrics.items() if k and name.startswith(EVAL_SAMPLED_PREFIX)}
     items: dict[str, dict[str, float]] = {}
+    entropy: dict[str, float] = {}
     available = _artifact_names(client, run_id, EVAL_SAMPLES_DIR) if scores else set()
     for task in scores:
         if f"{task}.jsonl" not in available:
@@ -167,12 +169,17 @@ def read_variant_run(client: MlflowClient, run: Run, scratch: Path) -> VariantRu
         for key, field in ((task, "score"), *((s, "sampled_score") for s, (t, _) in sampled.items() if t == task)):
             if rows and all(r.get(field) is not None for r in rows):
                 items[key] = {str(r["doc_id"]): float(r[field]) for r in rows}
+        if rows and all("prediction" in r for r in rows):
+            entropy[task] = answer_entropy_across_items([r["prediction"] for r in rows])
+        for s, (t, _) in sampled.items():
+            if t == task and rows and all(isinstance(r.get("sampled_predictions"), list) for r in rows):
+                entropy[s] = answer_entropy_across_items([a for r in rows for a in r["sampled_predictions"]])
     scores.update({key: value for key, (_, value) in sampled.items()})
     seed = run.data.tags.get(TAG_SEED, "0")
     # Runs evaluated before the protocol was recorded used the Solver's prompt (then the only one).
     protocol = run.data.params.get("eval_protocol", "solver")
     return VariantRun(run_id=run_id, variant=run.data.tags[TAG_VARIANT], seed=int(float(seed)),
-                      scores=scores, items=items, protocol=protocol)
+                      scores=scores, items=items, answer_entropy=entropy, protocol=protocol)
 
 
 def read_history(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:

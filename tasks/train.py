@@ -352,7 +352,7 @@ def _retry_unless_preempted(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="train-variant", task_run_name="train-{plan.key}", retries=2, retry_delay_seconds=10,
       retry_condition_fn=_retry_unless_preempted)
 def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "auto", devices: int = 1,
-                  cpu: bool = False, data_hash: str = "") -> dict[str, Any]:
+                  cpu: bool = False, data_hash: str = "", threads: int | None = None) -> dict[str, Any]:
     """Train one variant × seed into its run directory; log metrics, artifacts, and the registry entry."""
     from ireasoner_core.config import TrainConfig
     from tasks.runs import run_url
@@ -377,6 +377,8 @@ def train_variant(plan: Any, run_id: str, tracking_uri: str, launcher: str = "au
                 cfg.to_yaml(cfg_path)
                 env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri,
                        "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": python_warnings_env(os.environ.get("PYTHONWARNINGS"))}
+                if threads is not None:
+                    env["OMP_NUM_THREADS"] = str(threads)
                 run_subprocess_training(launch_command(cfg_path, devices, cpu), env, out / "metrics.jsonl",
                                         mlflow_logger, log, callbacks=[progress], ranks_are_children=devices > 1)
                 result = json.loads((out / "result.json").read_text())

@@ -21,6 +21,9 @@ Formats follow the real benchmarks so that lmms-eval's own scorers run unchanged
   filter, then case- and punctuation-blind exact match on the letter; ``ai2d_exact_match``).
 * ``ireasoner_geometry_mini``: {question, answer, image}: triangles, rectangles and circles
   with one numeric question each, scored by ``numeric_match``.
+* ``ireasoner_pie_extreme_mini``: ChartQA rows on pie charts, 400 by default, each asking one of the
+  organism family's two questions ("Which slice is the largest?", "What percentage is the smallest
+  slice?"), scored like ChartQA-mini.
 
 One question per image keeps the items independent, which the paired bootstrap assumes.
 """
@@ -40,6 +43,7 @@ from pathlib import Path
 from ..data.synthetic import (
     QA,
     make_item,
+    question_family,
 )
 from ..embedded.formats import mc_from_open
 from ..locks import file_lock
@@ -61,11 +65,11 @@ def default_cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ireasoner" / "eval"
 
 
-def mini_size() -> int:
-    """Items per mini task: ``$IREASONER_MINI_SIZE`` or ``MINI_SIZE``."""
+def mini_size(task: str | None = None) -> int:
+    """Items per mini task: ``$IREASONER_MINI_SIZE``, else the task's default (``DEFAULT_SIZES`` or ``MINI_SIZE``)."""
     raw = os.environ.get(SIZE_ENV)
     if raw is None:
-        return MINI_SIZE
+        return DEFAULT_SIZES.get(task or "", MINI_SIZE)
     try:
         n = int(raw)
     except ValueError:
@@ -122,11 +126,25 @@ def _geometry_rows(n: int, seed: int) -> Iterator[dict]:
                "image": image}
 
 
+def _pie_extreme_rows(n: int, seed: int) -> Iterator[dict]:
+    # The organism's family (docs/embedded_model.md): the shipped model's majority of 5 beats its single
+    # sample here by ~11 points, the condition under which agreement rewards can help.
+    for i in range(n):
+        item, image = make_item(i, "pie", seed=seed, occurrence=i)
+        extreme = [q for q in item.qa if question_family(q) == "extreme_pie"]
+        qa = _item_rng(seed, i).choice(extreme)
+        yield {"id": item.id, "question": qa.question, "answer": qa.answer, "type": "augmented_test",
+               "answer_type": qa.answer_type, "image": image}
+
+
 BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
     "ireasoner_chartqa_mini": _chartqa_rows,
     "ireasoner_ai2d_mini": _ai2d_rows,
     "ireasoner_geometry_mini": _geometry_rows,
+    "ireasoner_pie_extreme_mini": _pie_extreme_rows,
 }
+# Default items per task where 200 is too few: an organism task's Δ of a few points needs >= 400 items.
+DEFAULT_SIZES: dict[str, int] = {"ireasoner_pie_extreme_mini": 400}
 
 
 # ----------------------------------------------------------------------------- build and cache
@@ -139,7 +157,7 @@ def mini_dataset_dir(task: str, *, n: int | None = None, seed: int = MINI_SEED,
     """Where the saved dataset of ``task`` lives (whether or not it has been built yet)."""
     if task not in BUILDERS:
         raise MiniBenchmarkError(f"unknown mini task {task!r}; known: {', '.join(BUILDERS)}")
-    n = mini_size() if n is None else n
+    n = mini_size(task) if n is None else n
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     return root / f"{task}-v{BUILDER_VERSION}-n{n}-s{seed}"
 
@@ -162,7 +180,7 @@ def build_mini_dataset(task: str, out_dir: Path, *, n: int, seed: int = MINI_SEE
 def ensure_mini_dataset(task: str, *, n: int | None = None, seed: int = MINI_SEED,
                         cache_dir: Path | None = None) -> Path:
     """The cached dataset directory of ``task``, built once (atomically, under a file lock)."""
-    n = mini_size() if n is None else n
+    n = mini_size(task) if n is None else n
     final = mini_dataset_dir(task, n=n, seed=seed, cache_dir=cache_dir)
     if (final / COMPLETE_FILE).is_file():
         return final

@@ -29,7 +29,11 @@ METHOD_LABELS = {
     BASELINE: "Base model",
     "soft_only": "Answer-only (soft_only, EvoLMM-style)",
     "full": "iReasoner (full)",
+    "negated": "Control: rewards negated",
+    "random_reward": "Control: random rewards",
 }
+CONTROL_VARIANTS = ["negated", "random_reward"]   # config.CONTROLS; table 1 shows them below the methods
+ENTROPY_TABLE = "answer_entropy"
 PAPER_BASELINE = "paper: Qwen2.5-VL-7B"
 PAPER_IREASONER = "paper: iReasoner"
 PAPER_PROTOCOL = "lmms_eval"   # the paper evaluates with lmms-eval's Qwen2.5-VL protocol (docs/evaluation.md)
@@ -49,6 +53,8 @@ class VariantRun(BaseModel):
         default_factory=dict, description="task -> headline score, 0-100; '<task>@avg<k>' -> its avg@k (sampled)")
     items: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="task -> doc_id -> per-item score on the headline's 0-100 scale")
+    answer_entropy: dict[str, float] = Field(
+        default_factory=dict, description="task (or '<task>@avg<k>') -> entropy (nats) of the answers across items")
     protocol: str = PAPER_PROTOCOL
     """Evaluation protocol that produced ``scores`` (``lmm.py``)."""
 
@@ -312,11 +318,38 @@ def _ordered_tasks(tasks: set[str]) -> list[str]:
     return [c for g in order for c in ([g] if g in tasks else []) + [s for s in sampled if split_sampled(s)[0] == g]]
 
 
+def answer_entropy_across_items(answers: Sequence[str]) -> float:
+    """H = -sum_a p(a) ln p(a) over the answers given to different items (nats): 0 when a model gives one
+    constant answer to every question, so a collapse shows beside an accuracy that hides it."""
+    from ..parsing import normalize_answer
+    from ..rewards import answer_distribution, answer_entropy
+
+    return answer_entropy(answer_distribution([normalize_answer(str(a)) for a in answers]))
+
+
+def entropy_table(runs: Sequence[VariantRun], methods: Sequence[str]) -> Table | None:
+    """Answer entropy across items per method and task (mean ± std over seeds; Δ vs baseline, no interval)."""
+    as_scores = [r.model_copy(update={"scores": dict(r.answer_entropy), "items": {}}) for r in runs if r.answer_entropy]
+    if not as_scores:
+        return None
+    table = build_table(ENTROPY_TABLE, "Answer entropy across items (nats)", as_scores, methods)
+    keep = [c for c in table.cells if c.benchmark != AVERAGE]
+    for c in keep:
+        c.rank = None   # higher is not better: a collapse is low, a scatter of guesses high
+    table.cells, table.benchmarks = keep, [b for b in table.benchmarks if b != AVERAGE]
+    table.notes = ["Entropy of the normalised answers given across a task's items (greedy; avg@k columns pool "
+                   "every sampled answer). 0 means one constant answer for every question; compare with the "
+                   "baseline's."]
+    return table
+
+
 def paper_tables(runs: Sequence[VariantRun], *, tasks: Sequence[str] | None = None,
                  reference_rows: bool = True, n_resamples: int = 10_000) -> list[Table]:
-    """Tables 1 (methods), 2 (ablations) and 3 (step budgets); a table without runs of its own is left out."""
+    """Tables 1 (methods and reward controls), 2 (ablations) and 3 (step budgets), then answer entropy; a
+    table without runs of its own is left out."""
+    table1 = [BASELINE, "soft_only", "full", *CONTROL_VARIANTS]
     specs = [
-        ("table1", "Table 1: benchmark results", [BASELINE, "soft_only", "full"], {}, reference_rows),
+        ("table1", "Table 1: benchmark results", table1, {}, reference_rows),
         ("table2", "Table 2: ablations of the intrinsic rewards", [BASELINE, *TABLE2_ABLATIONS], {}, False),
         ("table3", "Table 3: step budget (max reasoning steps)", [BASELINE, *TABLE3_ABLATIONS],
          {"max_steps_8": "full"}, False),
@@ -331,4 +364,8 @@ def paper_tables(runs: Sequence[VariantRun], *, tasks: Sequence[str] | None = No
             continue
         tables.append(build_table(name, title, runs, methods, tasks=tasks, aliases=aliases, reference_rows=ref,
                                   n_resamples=n_resamples))
+    if any(t.name == "table1" for t in tables):
+        entropy = entropy_table(runs, table1)
+        if entropy is not None:
+            tables.append(entropy)
     return tables
