@@ -120,3 +120,45 @@ def test_recording_a_figure_keeps_the_manifest_consistent_and_never_renames_the_
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     with pytest.raises(EmbeddedIntegrityError, match=r"config\.json has sha256"):
         record_in_build(copy, "families", {})
+
+
+def test_the_shipped_build_names_its_organism_families_by_the_rule():
+    import json
+
+    from ireasoner_core.embedded.families import (
+        ORGANISM_MIN_GAIN,
+        ORGANISM_TASKS,
+        constant_answer,
+        family_items,
+        organism_families,
+    )
+    from ireasoner_core.embedded.shipped import BUILD_FILE, SHIPPED_DIR
+    from ireasoner_core.evaluation import MINI_TASKS
+
+    record = json.loads((SHIPPED_DIR / BUILD_FILE).read_text())["families"]
+    per_family = record["per_family"]
+    assert record["organism_min_gain"] == ORGANISM_MIN_GAIN == 10.0
+    assert record["organism_families"] == organism_families(per_family)
+    # Pie extremes clear +10 (+11.4) but their majority (36.8 %) stays under answering "15" / the most
+    # frequent colour without looking (46.2 %): sharpening towards a prior, so not the organism.
+    pie = per_family["extreme_pie"]
+    assert pie["gain"] >= 10.0 and pie["majority"] < pie["constant"]
+    assert pie["constant"] == constant_answer(family_items("extreme_pie", pie["n"], record["seed"]))
+    assert "extreme_pie" not in record["organism_families"]
+    assert set(ORGANISM_TASKS.values()) <= set(MINI_TASKS)
+    # the rule: a gain of +10 with its interval above zero, and a majority above the constant answer
+    ok = {"gain": 10.5, "gain_ci": [5.0, 16.0], "majority": 60.0, "constant": 40.0}
+    assert organism_families({"count": ok}) == ["count"]
+    assert organism_families({"count": ok | {"gain": 9.9}}) == []
+    assert organism_families({"count": ok | {"gain_ci": [-0.1, 20.0]}}) == []
+    assert organism_families({"count": ok | {"constant": 60.0}}) == []
+    assert organism_families({"count": ok | {"constant": None}}) == ["count"]
+
+
+def test_the_constant_answer_needs_every_question_text_asked_often():
+    from ireasoner_core.data.synthetic import QA
+    from ireasoner_core.embedded.families import constant_answer
+
+    many = [(None, QA("How many slices are there?", a, [], "number")) for a in ["3"] * 15 + ["4"] * 25]
+    assert constant_answer(many) == 62.5
+    assert constant_answer(many + [(None, QA("What is the value of the red bar?", "5", [], "number"))]) is None

@@ -51,6 +51,14 @@ FAMILIES_SEED = 777_000
 SAMPLES = 5
 N_RESAMPLES = 10_000
 BUILD_KEY = "families"
+# The model organism (issue "a model organism on which the method's mechanism shows"): the families
+# where the majority of 5 beats one sample by at least this many points, interval above zero, each with
+# a mini benchmark of its own that the `mini` sweep scores.
+ORGANISM_MIN_GAIN = 10.0
+# A question text asked of fewer items than this has no constant-answer baseline (a text naming a label
+# or a number is asked of a handful of items, and its best constant would fit them).
+CONSTANT_MIN_ITEMS = 20
+ORGANISM_TASKS: dict[str, str] = {"extreme_pie": "ireasoner_pie_extreme_mini"}
 
 
 def family_items(family: str, n: int, seed: int = FAMILIES_SEED) -> list[tuple[object, QA]]:
@@ -124,6 +132,7 @@ def measure_families(model, processor, *, items: int, families: Sequence[str] = 
                             batch_size=batch_size, stop="</answer>")
         scored = [score_samples(texts, qa.answer) for (_, qa), texts in zip(pairs, sampled)]
         result[family] = summarize([s for s, _, _ in scored], [m for _, m, _ in scored], [d for _, _, d in scored])
+        result[family]["constant"] = constant_answer(pairs)
         if progress:
             r = result[family]
             print(f"[families] {family}: single {r['single']} majority {r['majority']} gain {r['gain']} "
@@ -131,16 +140,41 @@ def measure_families(model, processor, *, items: int, families: Sequence[str] = 
     return result
 
 
+def constant_answer(pairs: Sequence[tuple[object, QA]]) -> float | None:
+    """Accuracy (%) of answering every question text with its most frequent gold answer, a model that never
+    looks at the image; None unless every question text of the family is asked of >= CONSTANT_MIN_ITEMS items.
+
+    A majority that beats one sample by sharpening towards this prior ("15" is the smallest pie share
+    in two pies of three) is not the reading that self-consistency rewards are meant to reinforce."""
+    by_text: dict[str, Counter] = {}
+    for _, qa in pairs:
+        by_text.setdefault(qa.question, Counter())[normalize_answer(qa.answer)] += 1
+    if not by_text or min(sum(c.values()) for c in by_text.values()) < CONSTANT_MIN_ITEMS:
+        return None
+    return round(100 * sum(c.most_common(1)[0][1] for c in by_text.values()) / len(pairs), 1)
+
+
+def organism_families(per_family: dict[str, dict]) -> list[str]:
+    """The families whose majority-of-5 gain is at least ``ORGANISM_MIN_GAIN`` points with its interval above 0,
+    and whose majority beats the constant-answer baseline (where the family has one)."""
+    def qualifies(r: dict) -> bool:
+        beats_prior = r.get("constant") is None or r["majority"] > r["constant"]
+        return r["gain"] >= ORGANISM_MIN_GAIN and r["gain_ci"][0] > 0 and beats_prior
+
+    return [f for f in FAMILIES if f in per_family and qualifies(per_family[f])]
+
+
 def table(result: dict[str, dict]) -> str:
     """The markdown table: family, n, single %, majority-of-k %, gain in points, each with its 95 % interval."""
     fmt = lambda v, ci: f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
-    lines = ["| family | n | single % | majority-of-5 % | gain (points) | distinct answers |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| family | n | single % | majority-of-5 % | gain (points) | distinct answers | constant answer % |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     # In FAMILIES' order (a record read back from BUILD.json has its keys sorted).
     for family, r in sorted(result.items(), key=lambda kv: FAMILIES.index(kv[0]) if kv[0] in FAMILIES else len(FAMILIES)):
         lines.append(f"| {family} | {r['n']} | {fmt(r['single'], r['single_ci'])} | "
                      f"{fmt(r['majority'], r['majority_ci'])} | {r['gain']:+.1f} [{r['gain_ci'][0]:+.1f}, "
-                     f"{r['gain_ci'][1]:+.1f}] | {r['mean_distinct_answers']:.2f} |")
+                     f"{r['gain_ci'][1]:+.1f}] | {r['mean_distinct_answers']:.2f} | "
+                     f"{'—' if r.get('constant') is None else format(r['constant'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -175,10 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         "prompt": "solver", "interval": "95 % percentile bootstrap over items (gain: paired)",
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
         "cpus": os.cpu_count(), "seconds": round(time.time() - t0, 1), "per_family": result,
+        "organism_min_gain": ORGANISM_MIN_GAIN, "organism_families": organism_families(result),
     }
     print(f"{build['build_version']} ({model_dir}), {args.items} items per family, {SAMPLES} samples at "
           f"temperature 1, seed {args.seed}, {args.threads} thread(s), {record['seconds']:.0f} s")
     print(table(result))
+    print(f"organism families (gain >= {ORGANISM_MIN_GAIN:+.0f} points, interval above 0, majority above the "
+          "constant answer): "
+          f"{', '.join(record['organism_families']) or 'none'}")
     if args.json:
         args.json.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     if args.record:
