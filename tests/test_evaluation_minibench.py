@@ -99,6 +99,31 @@ def test_geometry_rows_have_numeric_answers(built):
         assert row["shape"] in ("triangle", "rectangle", "circle")
 
 
+def test_pie_extreme_rows_ask_the_organism_family_and_answer_it(built):
+    from ireasoner_core.data.synthetic import QA, question_family
+
+    ds = built["ireasoner_pie_extreme_mini"]
+    questions = set()
+    for i, row in enumerate(ds):
+        assert question_family(QA(row["question"], row["answer"], [], row["answer_type"])) == "extreme_pie"
+        item, _ = make_item(i, "pie", seed=MINI_SEED, occurrence=i)
+        labels, percents = item.meta["labels"], item.meta["percents"]
+        gold = labels[percents.index(max(percents))] if row["question"].startswith("Which") else str(min(percents))
+        assert row["answer"] == gold, (i, row["question"])
+        assert chartqa_process_results(row, [row["answer"]])["relaxed_overall"] == 1.0
+        questions.add(row["question"])
+    assert questions == {"Which slice is the largest?", "What percentage is the smallest slice?"}
+
+
+def test_organism_task_defaults_to_400_items(monkeypatch):
+    monkeypatch.delenv("IREASONER_MINI_SIZE", raising=False)
+    assert mini_size("ireasoner_pie_extreme_mini") == 400
+    assert mini_size("ireasoner_chartqa_mini") == mini_size() == 200
+    assert mini_dataset_dir("ireasoner_pie_extreme_mini").name.startswith("ireasoner_pie_extreme_mini-v1-n400-")
+    monkeypatch.setenv("IREASONER_MINI_SIZE", "30")
+    assert mini_size("ireasoner_pie_extreme_mini") == 30
+
+
 def test_numeric_match():
     assert numeric_match("60", "60")
     assert numeric_match("60°", "60") and numeric_match("x = 60 cm", "60")
@@ -175,3 +200,26 @@ def test_ai2d_mini_scores_every_answer_as_lmms_eval_scores_ai2d(embedded_model_d
     assert sum(row_reference) >= 5
     ours = score_answers(task, BENCHMARKS[task_name], row, answers)
     assert [s / 100 for s in ours] == row_reference
+
+
+def test_building_prints_nothing_a_task_would_log(tmp_path, monkeypatch):
+    # A Prefect task with log_prints logs every print to stdout; datasets' own fingerprint of a new
+    # table pickled it with dill, whose bytecode scan printed ~10 lines of disassembly per mini task.
+    import builtins
+    import sys
+
+    from ireasoner_core.evaluation.minibench import build_mini_dataset
+
+    real, printed = builtins.print, []
+
+    def logged_print(*args, **kwargs):
+        if kwargs.get("file") in (None, sys.stdout, sys.stderr):
+            printed.append(" ".join(map(str, args)))
+        else:
+            real(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "print", logged_print)
+    build_mini_dataset("ireasoner_pie_extreme_mini", tmp_path / "pie", n=3)
+    monkeypatch.undo()
+    assert printed == []
+    assert datasets.load_from_disk(str(tmp_path / "pie"))["test"].num_rows == 3
