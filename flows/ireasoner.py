@@ -107,21 +107,40 @@ def evaluation_available() -> bool:
     return importlib.util.find_spec("tasks.evaluate") is not None
 
 
-def ensure_training_limit(limit: int) -> None:
-    """Create the global concurrency limit on first use; an existing one (maybe edited in the UI) is kept."""
-    from prefect.exceptions import ObjectNotFound
+# The value a spec last gave the training limit: while the limit still holds it, nobody has edited it
+# since, so the next spec's value replaces it; any other value was set by hand (UI or CLI) and is kept.
+LIMIT_SET_BY_SPEC = "ireasoner_training_limit_set_by_spec"
 
+
+def ensure_training_limit(limit: int) -> None:
+    """Create the global concurrency limit on first use, or set it to this spec's value if a spec set it
+    last; a limit edited by hand (the UI, `prefect gcl update`) is kept."""
+    from prefect.exceptions import MissingContextError, ObjectNotFound
+    from prefect.variables import Variable
+
+    try:
+        log = get_run_logger()
+    except MissingContextError:
+        import logging
+
+        log = logging.getLogger(__name__)
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
         except ObjectNotFound:
             existing = None
-        if existing is None:
+        if existing is not None and existing.limit == limit:
+            return
+        if existing is None or Variable.get(LIMIT_SET_BY_SPEC) == existing.limit:
             client.upsert_global_concurrency_limit_by_name(TRAINING_LIMIT, limit)
-        elif existing.limit != limit:
-            get_run_logger().warning("concurrency limit %r stays at %d (spec asks %d; change it with "
-                                     "`prefect gcl update %s --limit N` or in the UI)",
-                                     TRAINING_LIMIT, existing.limit, limit, TRAINING_LIMIT)
+            Variable.set(LIMIT_SET_BY_SPEC, limit, overwrite=True)
+            if existing is not None:
+                log.info("concurrency limit %r: %d -> %d, as this spec asks (resources.max_parallel_training)",
+                         TRAINING_LIMIT, existing.limit, limit)
+        else:
+            log.warning("concurrency limit %r stays at %d, set by hand (spec asks %d; change it with "
+                        "`prefect gcl update %s --limit N` or in the UI)",
+                        TRAINING_LIMIT, existing.limit, limit, TRAINING_LIMIT)
 
 
 @task(name="variant", task_run_name="{plan.key}")
