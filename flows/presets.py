@@ -5,7 +5,7 @@ deployments/prefect.yaml carries the same values (a test checks they agree), so 
 UI shows, and lets a person edit, exactly what each deployment runs.
 
 - ``smoke``: the embedded tiny model on synthetic images, minutes on a CPU.
-- ``mini``: paper table 1 in miniature on a laptop, on the model organism: baseline, ``soft_only``,
+- ``mini``: paper table 1 in miniature on a laptop, on the organism candidate: baseline, ``soft_only``,
   ``full`` and two reward controls (negated, random) trained on synthetic pie charts over 3 seeds and
   scored on PieExtreme-mini, greedy and avg@5, with paired 95 % intervals and answer entropy
   (docs/evaluation.md has its measured table).
@@ -29,9 +29,9 @@ SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
 # main, ablations and retrain evaluate paper table 1 (SPEC.md; lmms-eval task names). Their datasets
 # come from the Hugging Face cache: `ireasoner benchmarks fetch` once, on a machine with network.
 
-# The CPU sweep, on the model organism (docs/embedded_model.md): pie charts, where the shipped model's
-# majority of 5 beats its single sample by ~11 points on the extreme questions (largest slice, smallest
-# share), the condition under which agreement rewards can help; scored on PieExtreme-mini (400 items).
+# The CPU sweep, on the organism candidate (docs/embedded_model.md, "The model organism"): pie charts,
+# where the shipped model's majority of 5 beats its single sample by ~11 points on the extreme questions
+# (largest slice, smallest share); scored on PieExtreme-mini (400 items), with two reward controls.
 # Sized for 2 cores within 30 minutes: 3 seeds x 4 trained variants of 50 iterations, two trainings at
 # once on one thread each (docs/evaluation.md, "The mini sweep", has the measured time).
 MINI_IMAGES = 64

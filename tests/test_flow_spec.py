@@ -198,3 +198,26 @@ def test_an_unknown_benchmark_fails_at_spec_validation_before_any_task():
     assert "task 'mme'" not in msg
     with pytest.raises(ParameterTypeError, match="chartqa_typo"):
         ireasoner.validate_parameters({"spec": {"evaluation": {"tasks": ["chartqa_typo"]}}})
+
+
+def test_synthetic_kinds_are_checked_and_name_the_entry():
+    assert "images.synthetic_kinds[1]: unknown kind 'pies'" in _error(images={"synthetic_kinds": ["bar", "pies"]})
+    assert "images.synthetic_kinds: an empty list" in _error(images={"synthetic_kinds": []})
+
+
+def test_pie_only_pools_hold_pie_charts_only(tmp_path):
+    from ireasoner_core.data.synthetic import read_ground_truth
+    from tasks.pool import synthetic_folder
+
+    pie = synthetic_folder(tmp_path, 6, 0, ["pie"])
+    every = synthetic_folder(tmp_path, 6, 0)
+    assert pie != every                                     # one folder per kind set: no stale reuse
+    assert {it.kind for it in read_ground_truth(pie)} == {"pie"}
+    assert len({it.kind for it in read_ground_truth(every)}) == 5
+
+
+def test_threads_per_variant_needs_training_subprocesses():
+    msg = _error(resources={"threads_per_variant": 1})
+    assert "resources.threads_per_variant=1" in msg and "launcher: subprocess" in msg
+    ok = ExperimentSpec.model_validate({"resources": {"threads_per_variant": 1, "launcher": "subprocess"}})
+    assert ok.resources.threads_per_variant == 1

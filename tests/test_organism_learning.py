@@ -71,22 +71,10 @@ def _run(root, *, negate: bool, seed: int = 0) -> tuple[float, float]:
         "schedule.iterations": ITERATIONS, "schedule.images_per_iteration": 2,
         "schedule.proposer_update_every": 5, "optim.lr": 1e-3, "lora.dropout": 0.0,
         "checkpoint.every": ITERATIONS + 1, "log_diagnostics_every": ITERATIONS + 1,
+        # the run config's reward control (the mini sweep's "negated" variant): both roles train on -r
+        "rewards.control": "negated" if negate else "none",
     }))
-    solver_rewards, proposer_reward = trainer_mod.solver_rewards, trainer_mod.proposer_reward
-
-    def signed_solver(*args, **kwargs):
-        sr = solver_rewards(*args, **kwargs)
-        if negate:
-            sr.r_sol[:] = [-r for r in sr.r_sol]
-        return sr
-
-    def signed_proposer(*args, **kwargs):
-        r = proposer_reward(*args, **kwargs)
-        return -r if negate else r
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod, "solver_rewards", signed_solver)
-        mp.setattr(trainer_mod, "proposer_reward", signed_proposer)
         # The trainer seeds `random`, so the drawn questions are the same for both signs.
         mp.setattr(trainer_mod, "parse_question", lambda text, fallback: random.choice(QUESTIONS))
         trainer = Trainer(cfg)

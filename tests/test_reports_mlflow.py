@@ -56,8 +56,12 @@ def _log_variant(client, exp_id, parent, tmp_path, variant, seed, status, a, b):
     for task, items in ((A, a), (B, b)):
         samples[task] = folder / f"{task}.jsonl"
         sampled = sampled_items(variant, items) if task == A else [None] * len(items)
-        samples[task].write_text("".join(json.dumps({"doc_id": i, "score": float(s), "prediction": "x", "target": "y",
-                                                     **({"sampled_score": x} if x is not None else {})})
+        # answers: the baseline one constant, a trained variant two (greedy) and one per item (sampled)
+        samples[task].write_text("".join(json.dumps({"doc_id": i, "score": float(s), "target": "y",
+                                                     "prediction": "x" if variant == "baseline" else str(i % 2),
+                                                     **({"sampled_score": x, "sampled_predictions": [
+                                                         "x" if variant == "baseline" else f"a{i}"] * 5}
+                                                        if x is not None else {})})
                                          + "\n" for i, (s, x) in enumerate(zip(items, sampled))))
     scores = {A: sum(a) / len(a), B: sum(b) / len(b)}
     log_eval_result(client, rid, EvalResult(model="embedded", tasks=[A, B], scores=scores,
@@ -245,3 +249,12 @@ def test_unknown_parent_run_id_is_a_clear_error(store, capsys):
     assert main(["--tracking-uri", uri, "--parent-run-id", "0123456789abcdef", "--out-dir", str(tmp / "y")]) == 2
     err = capsys.readouterr().err
     assert "parent run '0123456789abcdef' not found" in err and uri in err and "Traceback" not in err
+
+
+def test_answer_entropy_across_items_comes_from_the_logged_answers(report):
+    rows = list(csv.DictReader(io.StringIO(report.tables["answer_entropy"][1].read_text())))
+    cell = {(r["method"], r["benchmark"]): float(r["mean"]) for r in rows if r["mean"]}
+    assert cell[("baseline", A)] == 0.0 and cell[("baseline", f"{A}@avg5")] == 0.0      # one constant answer
+    assert cell[("full", A)] == pytest.approx(-(0.6 * math.log(0.6) + 0.4 * math.log(0.4)))  # "0" x3, "1" x2
+    assert cell[("full", f"{A}@avg5")] == pytest.approx(math.log(5))                    # a0..a4, 5 each
+    assert ("full", f"{B}@avg5") not in cell                                            # no samples there

@@ -245,3 +245,31 @@ def test_a_table_of_mixed_protocols_names_each_rows_protocol_and_lists_its_cells
     assert rows[("full", A)]["protocol"] == "lmms_eval" and rows[("full", A)]["score"] == 30.0
     assert rows[("full", A)]["delta"] == 20.0 and rows[("full", A)]["n"] == 2
     assert rows[("baseline", A)]["delta"] is None and len(rows) == len(mixed.cells)
+
+
+def test_reward_controls_sit_in_table1_below_the_methods_with_their_paired_delta():
+    runs = RUNS + [_run("negated", 0, [0, 0, 0, 100], [0, 0, 100, 0]), _run("random_reward", 0, [100, 0, 0, 100],
+                                                                            [0, 0, 100, 0])]
+    tables = {t.name: t for t in paper_tables(runs, n_resamples=200)}
+    t1 = tables["table1"]
+    assert t1.methods == ["baseline", "soft_only", "full", "negated", "random_reward"]
+    assert t1.cell("negated", A).delta == -25.0 and t1.cell("negated", A).ci_low is not None
+    assert not {"negated", "random_reward"} & set(tables["table2"].methods)   # not ablations of the paper's table 2
+    assert "Control: rewards negated" in t1.to_markdown()
+
+
+def test_answer_entropy_across_items_shows_a_collapse():
+    from ireasoner_core.reports.tables import answer_entropy_across_items
+
+    assert answer_entropy_across_items(["red", "Red.", " red"]) == 0.0        # normalised: one answer
+    assert answer_entropy_across_items(["red", "blue"]) == pytest.approx(math.log(2))
+    runs = [r.model_copy(update={"answer_entropy": {A: 1.0 + r.seed}}) for r in RUNS]
+    runs.append(_run("negated", 0, [0] * 4, [0] * 4).model_copy(update={"answer_entropy": {A: 0.0}}))
+    entropy = {t.name: t for t in paper_tables(runs, n_resamples=100)}["answer_entropy"]
+    assert entropy.benchmarks == [A]
+    assert entropy.cell("full", A).mean == 1.5 and entropy.cell("full", A).n_seeds == 2
+    assert entropy.cell("negated", A).delta == -1.0 and entropy.cell("negated", A).rank is None
+    md = entropy.to_markdown()
+    assert "Answer entropy across items" in md and "Best in" not in md and "[95% CI]" not in md
+    # without entropies recorded (older runs) there is no such table
+    assert "answer_entropy" not in [t.name for t in paper_tables(RUNS, n_resamples=100)]

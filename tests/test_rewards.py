@@ -421,3 +421,46 @@ def test_step_embedding_of_a_padded_step_leaves_the_pad_row_out(tiny_cfg) -> Non
     e = pol.step_embeddings([[long_, short]], k)
     assert torch.allclose(e[0][0].double(), by_hand(ids[long_][:k]), atol=1e-6)
     assert torch.allclose(e[0][1].double(), by_hand(ids[short]), atol=1e-6)
+
+
+def test_reward_control_none_negated_and_random() -> None:
+    from ireasoner_core.rewards import reward_control
+
+    r = [0.9, 0.1, 0.5]
+    assert reward_control(r, "none", "k") == r
+    assert reward_control(r, "negated", "k") == [-0.9, -0.1, -0.5]
+    drawn = reward_control(r, "random", "0/3/0/solver")
+    assert drawn == reward_control(r, "random", "0/3/0/solver")          # same key, same draws (resume)
+    assert drawn != reward_control(r, "random", "0/4/0/solver")          # another iteration, other draws
+    assert all(0.0 <= x < 1.0 for x in drawn) and drawn != r
+    many = reward_control([1.0] * 4000, "random", "k")
+    assert abs(sum(many) / len(many) - 0.5) < 0.02                       # uniform, whatever the rewards were
+    with pytest.raises(ValueError, match="rewards.control"):
+        reward_control(r, "shuffled", "k")
+
+
+@pytest.mark.parametrize("control", ["negated", "random"])
+def test_the_trainer_updates_on_the_controlled_rewards(tiny_cfg, control) -> None:
+    """Same seed, same rollouts: the Solver's update sees -r or U[0, 1), the Proposer's too, and the logged
+    signals stay the method's own."""
+    from ireasoner_core.rewards import reward_control
+    from ireasoner_core.trainer import Trainer
+
+    seen: dict[str, list] = {}
+
+    def run(ctrl: str) -> dict:
+        tr = Trainer(tiny_cfg(**{"rewards.control": ctrl, "schedule.proposer_update_every": 1}))
+        calls = []
+        update = tr._update
+        tr._update = lambda role, batches, rewards, *a: calls.append((role, list(rewards))) or update(
+            role, batches, rewards, *a)
+        record = tr.iteration(1)
+        seen[ctrl] = calls
+        return record
+
+    plain, controlled = run("none"), run(control)
+    assert [role for role, _ in seen[control]] == ["solver", "proposer"]
+    for (role, r_plain), (_, r_ctrl) in zip(seen["none"], seen[control]):
+        assert r_ctrl == reward_control(r_plain, control, f"0/1/0/{role}"), role
+    assert controlled["r_sol_mean"] == plain["r_sol_mean"]
+    assert controlled["proposer_reward"] == plain["proposer_reward"]

@@ -90,6 +90,8 @@ class Table(BaseModel):
     notes: list[str] = Field(default_factory=list)
     protocols: list[str] = Field(default_factory=list)
     """Evaluation protocols of the table's runs; reference rows appear only beside the paper's."""
+    legend: str | None = None
+    """What the numbers are, under the table; None = the scores' legend (ranks, seeds, paired Δ)."""
 
     def cell(self, method: str, benchmark: str) -> Cell | None:
         for c in self.cells:
@@ -131,11 +133,13 @@ class Table(BaseModel):
             seeds = "" if first is None or first.reference else str(max(c.n_seeds for c in cells if c) or "")
             lines.append("| " + " | ".join([name, seeds, *(_fmt_score(c) for c in cells)]) + " |")
             if any(c is not None and c.delta is not None for c in cells):
-                lines.append("| " + " | ".join(["  Δ vs baseline [95% CI]", "", *(_fmt_delta(c) for c in cells)]) + " |")
+                label = "  Δ vs baseline [95% CI]" if any(c and c.ci_low is not None for c in cells) else "  Δ vs baseline"
+                lines.append("| " + " | ".join([label, "", *(_fmt_delta(c) for c in cells)]) + " |")
         lines.append("")
-        lines.append("Best in **bold**, second best in _italics_ (among this project's runs). Scores are "
-                     "mean ± sample std over seeds where several exist. Δ: mean paired difference to the "
-                     "baseline over the same items, with a 95 % paired bootstrap interval over items.")
+        lines.append(self.legend or (
+            "Best in **bold**, second best in _italics_ (among this project's runs). Scores are "
+            "mean ± sample std over seeds where several exist. Δ: mean paired difference to the "
+            "baseline over the same items, with a 95 % paired bootstrap interval over items."))
         lines.extend(f"- {n}" for n in self.notes)
         return "\n".join(lines) + "\n"
 
@@ -337,9 +341,10 @@ def entropy_table(runs: Sequence[VariantRun], methods: Sequence[str]) -> Table |
     for c in keep:
         c.rank = None   # higher is not better: a collapse is low, a scatter of guesses high
     table.cells, table.benchmarks = keep, [b for b in table.benchmarks if b != AVERAGE]
-    table.notes = ["Entropy of the normalised answers given across a task's items (greedy; avg@k columns pool "
-                   "every sampled answer). 0 means one constant answer for every question; compare with the "
-                   "baseline's."]
+    table.notes = []
+    table.legend = ("Entropy (nats) of the normalised answers given across a task's items: the greedy answers, "
+                    "and in avg@k columns every sampled answer pooled. 0 is one constant answer to every question. "
+                    "Mean ± sample std over seeds; Δ: difference of the means to the baseline's, no interval.")
     return table
 
 
