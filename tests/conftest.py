@@ -45,6 +45,16 @@ def tiny_cfg(tmp_path, embedded_model_dir):
     return make
 
 
+@pytest.fixture(scope="module")
+def harness():
+    """A temporary Prefect server and database for one test module (Prefect's own test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with prefect_test_harness(server_startup_timeout=240):
+        yield
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """A real Prefect server, the registered deployments and a process worker, shared by

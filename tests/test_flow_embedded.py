@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from tasks.conventions import (
     EXPERIMENT,
@@ -31,13 +29,6 @@ TINY = {"checkpoint.every": 2, "sampling.num_rollouts": 2, "sampling.solver_max_
         "sampling.proposer_max_new_tokens": 16}
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 @pytest.fixture()

@@ -11,23 +11,13 @@ the table still has the row.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from tasks.conventions import EXPERIMENT, TAG_REUSED_RUNS
 
 TASK = "ireasoner_chartqa_mini"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 def test_a_variant_trained_without_evaluation_is_evaluated_when_a_sweep_asks(harness, tmp_path, monkeypatch):

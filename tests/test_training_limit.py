@@ -7,20 +7,10 @@ one variant at a time and ran twice as long as documented. A real (temporary) Pr
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with prefect_test_harness(server_startup_timeout=240):
-        yield
 
 
 def _limit() -> int:
