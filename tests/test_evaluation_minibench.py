@@ -115,6 +115,18 @@ def test_pie_extreme_rows_ask_the_organism_family_and_answer_it(built):
     assert questions == {"Which slice is the largest?", "What percentage is the smallest slice?"}
 
 
+def test_every_organism_candidate_task_asks_its_family_only(built):
+    from ireasoner_core.data.synthetic import QA, question_family
+    from ireasoner_core.embedded.families import ORGANISM_TASKS
+
+    for family, task in ORGANISM_TASKS.items():
+        for row in built[task]:
+            assert question_family(QA(row["question"], row["answer"], [], row["answer_type"])) == family, task
+            assert chartqa_process_results(row, [row["answer"]])["relaxed_overall"] == 1.0
+    assert {r["answer"] for r in built["ireasoner_shape_mini"]} <= {"triangle", "rectangle", "circle"}
+    assert all(r["answer"].isdigit() for r in built["ireasoner_count_mini"])
+
+
 def test_organism_task_defaults_to_400_items(monkeypatch):
     monkeypatch.delenv("IREASONER_MINI_SIZE", raising=False)
     assert mini_size("ireasoner_pie_extreme_mini") == 400

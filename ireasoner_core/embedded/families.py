@@ -58,7 +58,8 @@ ORGANISM_MIN_GAIN = 10.0
 # A question text asked of fewer items than this has no constant-answer baseline (a text naming a label
 # or a number is asked of a handful of items, and its best constant would fit them).
 CONSTANT_MIN_ITEMS = 20
-ORGANISM_TASKS: dict[str, str] = {"extreme_pie": "ireasoner_pie_extreme_mini"}
+ORGANISM_TASKS: dict[str, str] = {"extreme_pie": "ireasoner_pie_extreme_mini", "count": "ireasoner_count_mini",
+                                  "shape_name": "ireasoner_shape_mini"}
 
 
 def family_items(family: str, n: int, seed: int = FAMILIES_SEED) -> list[tuple[object, QA]]:

@@ -40,6 +40,8 @@ MINI_BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ireasoner_ai2d_mini", "AI2D-mini", "exact_match,flexible-extract", 100.0, "mini"),
     Benchmark("ireasoner_geometry_mini", "Geometry-mini", "numeric_match,none", 100.0, "mini"),
     Benchmark("ireasoner_pie_extreme_mini", "PieExtreme-mini", "relaxed_overall,none", 100.0, "mini"),
+    Benchmark("ireasoner_count_mini", "Count-mini", "relaxed_overall,none", 100.0, "mini"),
+    Benchmark("ireasoner_shape_mini", "Shape-mini", "relaxed_overall,none", 100.0, "mini"),
 )
 
 # Paper table 1 in its column order. The scales follow each task's aggregation in lmms-eval

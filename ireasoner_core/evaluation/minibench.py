@@ -21,9 +21,10 @@ Formats follow the real benchmarks so that lmms-eval's own scorers run unchanged
   filter, then case- and punctuation-blind exact match on the letter; ``ai2d_exact_match``).
 * ``ireasoner_geometry_mini``: {question, answer, image}: triangles, rectangles and circles
   with one numeric question each, scored by ``numeric_match``.
-* ``ireasoner_pie_extreme_mini``: ChartQA rows on pie charts, 400 by default, each asking one of the
-  organism family's two questions ("Which slice is the largest?", "What percentage is the smallest
-  slice?"), scored like ChartQA-mini.
+* ``ireasoner_pie_extreme_mini``, ``ireasoner_count_mini``, ``ireasoner_shape_mini``: the organism
+  candidates' families, 400 items each by default, ChartQA rows scored like ChartQA-mini: pie extremes
+  ("Which slice is the largest?", "What percentage is the smallest slice?"); counts of bars, points,
+  slices or organisms; "What shape is shown?".
 
 One question per image keeps the items independent, which the paired bootstrap assumes.
 """
@@ -126,15 +127,28 @@ def _geometry_rows(n: int, seed: int) -> Iterator[dict]:
                "image": image}
 
 
-def _pie_extreme_rows(n: int, seed: int) -> Iterator[dict]:
-    # The organism's family (docs/embedded_model.md): the shipped model's majority of 5 beats its single
-    # sample here by ~11 points, the condition under which agreement rewards can help.
+def _family_rows(family: str, kinds: tuple[str, ...], n: int, seed: int) -> Iterator[dict]:
+    """ChartQA-format rows asking one question of ``family`` per image (``synthetic.question_family``)."""
     for i in range(n):
-        item, image = make_item(i, "pie", seed=seed, occurrence=i)
-        extreme = [q for q in item.qa if question_family(q) == "extreme_pie"]
-        qa = _item_rng(seed, i).choice(extreme)
+        item, image = make_item(i, kinds[i % len(kinds)], seed=seed, occurrence=i // len(kinds))
+        asked = [q for q in item.qa if question_family(q) == family]
+        qa = _item_rng(seed, i).choice(asked)
         yield {"id": item.id, "question": qa.question, "answer": qa.answer, "type": "augmented_test",
                "answer_type": qa.answer_type, "image": image}
+
+
+# Organism candidates (docs/embedded_model.md, "The model organism"): families where a majority of 5
+# can beat one sample, each scored as ChartQA is scored.
+def _pie_extreme_rows(n: int, seed: int) -> Iterator[dict]:
+    return _family_rows("extreme_pie", ("pie",), n, seed)
+
+
+def _count_rows(n: int, seed: int) -> Iterator[dict]:
+    return _family_rows("count", ("bar", "line", "pie", "diagram"), n, seed)
+
+
+def _shape_rows(n: int, seed: int) -> Iterator[dict]:
+    return _family_rows("shape_name", ("geometry",), n, seed)
 
 
 BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
@@ -142,9 +156,12 @@ BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
     "ireasoner_ai2d_mini": _ai2d_rows,
     "ireasoner_geometry_mini": _geometry_rows,
     "ireasoner_pie_extreme_mini": _pie_extreme_rows,
+    "ireasoner_count_mini": _count_rows,
+    "ireasoner_shape_mini": _shape_rows,
 }
 # Default items per task where 200 is too few: an organism task's Δ of a few points needs >= 400 items.
-DEFAULT_SIZES: dict[str, int] = {"ireasoner_pie_extreme_mini": 400}
+DEFAULT_SIZES: dict[str, int] = {"ireasoner_pie_extreme_mini": 400, "ireasoner_count_mini": 400,
+                                  "ireasoner_shape_mini": 400}
 
 
 # ----------------------------------------------------------------------------- build and cache
