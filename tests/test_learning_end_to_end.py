@@ -51,26 +51,16 @@ def _run(root, *, negate: bool, seed: int = 0) -> tuple[list[float], list[float]
         "schedule.iterations": ITERATIONS, "schedule.images_per_iteration": 2,
         "schedule.proposer_update_every": ITERATIONS + 1, "optim.lr": 1e-3, "lora.dropout": 0.0,
         "checkpoint.every": ITERATIONS + 1, "log_diagnostics_every": ITERATIONS + 1,
+        "rewards.control": "negated" if negate else "none",   # the run config's own control
     }))
-    true_rewards: list[float] = []
-    real = trainer_mod.solver_rewards
-
-    def observed(*args, **kwargs):
-        sr = real(*args, **kwargs)
-        true_rewards.extend(sr.r_sol)
-        if negate:
-            sr.r_sol[:] = [-r for r in sr.r_sol]
-        return sr
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod, "solver_rewards", observed)
         mp.setattr(trainer_mod, "parse_question", lambda text, fallback: QUESTION)
         trainer = Trainer(cfg)
         rewards, density = [], []
         for t in range(1, ITERATIONS + 1):
-            seen = len(true_rewards)
             record = trainer.iteration(t)
-            rewards.append(statistics.fmean(true_rewards[seen:]))
+            # the method's own reward: the control changes what the update sees, not what is logged
+            rewards.append(record["r_sol_mean"])
             density.append(record["majority_density"])
     return rewards, density
 
