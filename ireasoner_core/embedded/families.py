@@ -58,6 +58,8 @@ ORGANISM_MIN_GAIN = 10.0
 # A question text asked of fewer items than this has no constant-answer baseline (a text naming a label
 # or a number is asked of a handful of items, and its best constant would fit them).
 CONSTANT_MIN_ITEMS = 20
+CONSTANT_ANSWER_NOTE = ("accuracy (%) of the most frequent gold answer per question text, where every text of the "
+                        f"family is asked of >= {CONSTANT_MIN_ITEMS} items; the organism's majority must beat it")
 ORGANISM_TASKS: dict[str, str] = {"extreme_pie": "ireasoner_pie_extreme_mini", "count": "ireasoner_count_mini",
                                   "shape_name": "ireasoner_shape_mini"}
 
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
         "cpus": os.cpu_count(), "seconds": round(time.time() - t0, 1), "per_family": result,
         "organism_min_gain": ORGANISM_MIN_GAIN, "organism_families": organism_families(result),
+        "constant_answer": CONSTANT_ANSWER_NOTE,
     }
     print(f"{build['build_version']} ({model_dir}), {args.items} items per family, {SAMPLES} samples at "
           f"temperature 1, seed {args.seed}, {args.threads} thread(s), {record['seconds']:.0f} s")
