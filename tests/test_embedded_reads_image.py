@@ -3,9 +3,9 @@ images is lower with each example's own image than with another image of the sam
 
 This is the floor of the "model organism": if the image pathway broke (pixels not reaching the
 merger, image tokens misplaced, a collapsed tower), the gap would vanish while the loss on the
-text prior stayed low. Measured with these 30 images on the shipped build v3-64ad644984-w85ced32770,
-identical to 4 decimals with 1 and 2 threads: describe gap 0.106 (transcripts), direct answers
-0.0073, benchmark-formatted Solver 0.015, Solver 0.004 (too thin to assert). A gap is a difference
+text prior stayed low. Measured with these 30 images on the shipped build v3-974d36d86a-w70070b0db5,
+identical to 4 decimals with 1 and 2 threads: describe gap 0.079 (transcripts), direct answers
+0.059, benchmark-formatted Solver 0.011, Solver 0.009 (too thin to assert). A gap is a difference
 of mean losses, which floats move by ~1e-5 (docs/embedded_model.md, "How far floats move it"); a
 broken pathway gives exactly 0.
 """

@@ -10,14 +10,14 @@ answer reward only) so that r^sol keeps one scale over the run. Assertions compa
 the last WINDOW iterations with the mean of the first WINDOW: trends, never one iteration, never
 time.
 
-Measured on the shipped weights (docs/testing.md, "End-to-end learning"), seeds 0, 1, 2, first 12
-vs last 12 of 50 iterations: normal rewards raise the mean reward by +0.43/+0.46/+0.43 and the
-majority density by +0.45/+0.49/+0.47; negated rewards move them by +0.01/-0.02/+0.01 and
--0.01/-0.05/0.00 (1 thread; seed 0 identical with 2). Negation holds them flat rather than lowering
-them: sampling noise alone makes a policy slowly more deterministic (density drifts up), which the
-negated reward only cancels. The thresholds sit between the two groups. Flipping the sign of the
-policy-gradient term in ``Trainer._step`` makes both tests fail (on the shipped weights: +0.006
-for the normal run, +0.43 for the negated one).
+Measured on the shipped weights (docs/embedded_model.md, "Self-evolution on it"), seeds 0, 1, 2,
+first 12 vs last 12 of 50 iterations: normal rewards move the mean reward by +0.24/+0.00/+0.05 and
+the majority density by +0.32/-0.01/+0.06; negated rewards by -0.02/+0.00/+0.03 and
+-0.02/+0.02/+0.06 (1 thread). The test runs seed 0, where the two groups stand apart; on seeds 1
+and 2 this build hardly moves either way on this question (the previous build rose +0.43 to +0.46
+on all three), so the learning test that holds across seeds is test_organism_learning.py. Flipping
+the sign of the policy-gradient term in ``Trainer._step`` makes the tests fail (see
+docs/testing.md, "Tried by hand").
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from ireasoner_core.trainer import Trainer
 ITERATIONS = 50
 WINDOW = 12
 QUESTION = "Which bar is the shortest?"
-REWARD_RISE = 0.12     # normal runs: >= +0.43; negated: <= +0.02 (shipped weights)
-DENSITY_RISE = 0.16    # normal runs: >= +0.45; negated: <= 0.00 (shipped weights)
+REWARD_RISE = 0.12     # seed 0: normal +0.24, negated -0.02 (shipped weights)
+DENSITY_RISE = 0.16    # seed 0: normal +0.32, negated -0.02 (shipped weights)
 
 
 def _run(root, *, negate: bool, seed: int = 0) -> tuple[list[float], list[float]]:

@@ -1,22 +1,20 @@
 """End-to-end learning on the organism: the method's full Solver reward (answer agreement plus the
 step reward at lambda = 0.7, eq. 1-6), the Proposer rewarded and updated every 5 iterations,
-trained on pie charts, must raise the Solver's held-out accuracy on one question family where the
-shipped model's majority of 5 beats its single sample (pie extremes, docs/embedded_model.md
-"Majority gain per question family": 25.4 % vs 36.8 %). With the rewards negated it must not.
+trained on pie charts, must raise the Solver's held-out accuracy on counts, a family where the
+shipped model's majority of 5 beats its single sample and the constant answer (docs/embedded_model.md
+"Majority gain per question family": 50.0 % vs 62.3 %, constant 46.5 %). With the rewards negated,
+or with the step reward's sign flipped, it must not.
 
 The learning test beside it (test_learning_end_to_end.py) holds lambda at 0 and checks agreement on
-its training images; this one checks what the agreement is for: accuracy on 200 held-out images
-(``families.family_items``, the families table's seed), single-sample at temperature 1, before and
-after training, scored by ``families.score_samples``. Because the step reward is 70 % of r^sol
-here, flipping its sign in ``rewards.step_agreement`` pushes the Solver away from its dominant group:
-both tests then fail (tried by hand, seed 0: the normal run 26.1 -> 9.3, the negated one -> 36.4;
-docs/testing.md, "Learning on the organism").
+its training images; this one checks what the agreement is for: accuracy on 200 held-out pie charts
+asking the trained question (``families.family_items``, the families table's seed), single-sample at
+temperature 1, before and after training, scored by ``families.score_samples``. Because the step
+reward is 70 % of r^sol here, flipping its sign in ``rewards.step_agreement`` pushes the Solver away
+from its dominant group: the normal run then fails (docs/testing.md, "Learning on the organism").
 
-The Solver's question is drawn from the family's two templates ("Which slice is the largest?",
-"What percentage is the smallest slice?") instead of parsed from the Proposer's text: with the
-Proposer's own questions (spread over the pie's families; the family's two exact templates were
-3-12 % of them), 30 to 80 iterations left held-out accuracy where it was (docs/testing.md). The
-Proposer still generates, is rewarded (eq. 9) and is updated; only its question is replaced.
+The Solver's question is the family's pie template ("How many slices are there?") instead of parsed
+from the Proposer's text, so that every update is on the family. The Proposer still generates, is
+rewarded (eq. 9) and is updated; only its question is replaced.
 
 Measured (docs/testing.md), seeds 0, 1, 2: see RISE's comment.
 """
@@ -31,27 +29,33 @@ from conftest import normal_and_negated, tiny_overrides
 import ireasoner_core.trainer as trainer_mod
 from ireasoner_core import prompts
 from ireasoner_core.config import build_config
-from ireasoner_core.data.synthetic import generate_synthetic
+from ireasoner_core.data.synthetic import FAMILY_KINDS, generate_synthetic
 from ireasoner_core.embedded.families import FAMILIES_SEED, family_items, score_samples
 from ireasoner_core.embedded.measure import SOLVER_MAX_NEW_TOKENS, _generate
 from ireasoner_core.trainer import Trainer
 
-FAMILY = "extreme_pie"
-QUESTIONS = ("Which slice is the largest?", "What percentage is the smallest slice?")
+FAMILY = "count"
+QUESTIONS = ("How many slices are there?",)
+KINDS = ("pie",)
+KINDS_OF_FAMILY = FAMILY_KINDS[FAMILY]
 ITERATIONS = 50
 HELD_OUT = 200
 SAMPLES = 5
-# Points of single-sample accuracy, after minus before. Measured (1 thread, 200 items, seeds 0/1/2):
-# rewards as specified +11.6 / +9.8 / +10.7 (from 26.1);
-# negated -6.5 / -6.2 / -16.3. The threshold sits between the two groups.
-RISE = 4.0
+# Points of single-sample accuracy, after minus before (from 75.9; the constant answer "3" scores 52.5).
+# Measured (1 thread, 200 items, seeds 0/1/2): rewards as specified +14.6 / +11.7 / +13.7;
+# negated -43.5 / +1.0 / +0.5; step reward's sign flipped +3.7 / 0.0 / -9.1. The threshold sits
+# between the groups, about 4 points from each.
+RISE = 7.5
 
 
 def _accuracy(policy) -> float:
     """Single-sample accuracy (%) of the Solver adapter on the family's held-out items."""
     import torch
 
-    pairs = family_items(FAMILY, HELD_OUT, FAMILIES_SEED)
+    # The family's held-out items that ask the trained questions (a family may span image kinds).
+    pairs = [p for p in family_items(FAMILY, len(KINDS_OF_FAMILY) * HELD_OUT, FAMILIES_SEED)
+             if p[1].question in QUESTIONS][:HELD_OUT]
+    assert len(pairs) == HELD_OUT, len(pairs)
     policy.activate("solver")
     policy.model.eval()
     with torch.random.fork_rng():
@@ -89,7 +93,7 @@ def _run(root, *, negate: bool, seed: int = 0) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, embedded_model_dir):
     root = tmp_path_factory.mktemp("organism")
-    generate_synthetic(root / "images", 32, seed=5, kinds=("pie",))
+    generate_synthetic(root / "images", 32, seed=5, kinds=KINDS)
     return normal_and_negated(_run, root)
 
 
@@ -104,4 +108,4 @@ def test_negated_rewards_do_not_raise_it(runs):
     before, after = runs["negated"]
     assert after - before < RISE, (before, after)
     # Same seed, same images, same questions: only the rewards' sign differs.
-    assert runs["normal"][1] - after > 2 * RISE, (runs["normal"], runs["negated"])
+    assert runs["normal"][1] - after > RISE, (runs["normal"], runs["negated"])
