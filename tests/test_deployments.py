@@ -69,9 +69,12 @@ def test_mini_is_the_organism_sweep_with_its_controls_as_measured():
     # The configuration docs/evaluation.md's "The mini sweep" measured (table and timing).
     spec = ExperimentSpec.model_validate(PRESETS["mini"])
     assert [v.name for v in spec.variant_specs()] == ["baseline", "soft_only", "full", "negated", "random_reward"]
-    assert spec.seeds == [0, 1, 2] and spec.images.synthetic_kinds == ["pie"]
+    assert spec.seeds == [0, 1, 2] and spec.images.synthetic_kinds == ["bar", "line", "pie", "diagram"]
     assert spec.evaluation.limit is None and spec.evaluation.sampled_k == 5
-    assert spec.evaluation.protocol == "solver" and spec.evaluation.tasks == ["ireasoner_pie_extreme_mini"]
+    assert spec.evaluation.protocol == "solver" and spec.evaluation.tasks == ["ireasoner_count_mini"]
+    # the kinds trained on are the kinds the organism task asks about
+    from ireasoner_core.data.synthetic import FAMILY_KINDS
+    assert tuple(spec.images.synthetic_kinds) == FAMILY_KINDS["count"]
     assert (spec.resources.max_parallel_training, spec.resources.threads_per_variant) == (2, 1)
     controls = {v.name: spec.train_config(v, 0, None).rewards.control for v in spec.variant_specs()
                 if v.name != "baseline"}
@@ -79,7 +82,7 @@ def test_mini_is_the_organism_sweep_with_its_controls_as_measured():
     (full,) = [v for v in spec.variant_specs() if v.name == "full"]
     cfg = spec.train_config(full, 0, manifest=None)
     assert cfg.model.name_or_path == "embedded" and cfg.ablation == "full"
-    assert (cfg.schedule.iterations, cfg.schedule.images_per_iteration, cfg.optim.lr) == (50, 2, 1e-3)
+    assert (cfg.schedule.iterations, cfg.schedule.images_per_iteration, cfg.optim.lr) == (50, 2, 3e-4)
     assert cfg.sampling.num_rollouts == 8
 
 
