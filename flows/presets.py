@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ireasoner_core.data.synthetic import FAMILY_KINDS
 from ireasoner_core.evaluation.benchmarks import TABLE1_TASKS
 
 PAPER_MODEL_CONFIG = "configs/qwen2.5-vl-7b.yaml"
@@ -36,7 +37,7 @@ SEVEN_B_RESOURCES = {"devices_per_variant": 8, "max_parallel_training": 1}
 # minutes. Sized for 2 cores within 30 minutes: 3 seeds x 4 trained variants of 50 iterations, two
 # trainings at once on one thread each (docs/evaluation.md, "The mini sweep", has the measured time).
 MINI_IMAGES = 64
-MINI_KINDS = ["bar", "line", "pie", "diagram"]
+MINI_KINDS = list(FAMILY_KINDS["count"])   # bar, line, pie, diagram
 MINI_ITERATIONS = 50
 MINI_SEEDS = [0, 1, 2]
 # lr 3e-4: with the Proposer's own questions (16 % of them counts), 1e-3 took Count-mini down by 32

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..data.synthetic import (
+    FAMILY_KINDS,
     QA,
     make_item,
     question_family,
@@ -127,8 +128,10 @@ def _geometry_rows(n: int, seed: int) -> Iterator[dict]:
                "image": image}
 
 
-def _family_rows(family: str, kinds: tuple[str, ...], n: int, seed: int) -> Iterator[dict]:
-    """ChartQA-format rows asking one question of ``family`` per image (``synthetic.question_family``)."""
+def _family_rows(family: str, n: int, seed: int) -> Iterator[dict]:
+    """ChartQA-format rows asking one question of ``family`` per image (``synthetic.question_family``),
+    the images cycling over the kinds that family is asked of (``synthetic.FAMILY_KINDS``)."""
+    kinds = FAMILY_KINDS[family]
     for i in range(n):
         item, image = make_item(i, kinds[i % len(kinds)], seed=seed, occurrence=i // len(kinds))
         asked = [q for q in item.qa if question_family(q) == family]
@@ -137,27 +140,15 @@ def _family_rows(family: str, kinds: tuple[str, ...], n: int, seed: int) -> Iter
                "answer_type": qa.answer_type, "image": image}
 
 
-# Organism candidates (docs/embedded_model.md, "The model organism"): families where a majority of 5
-# can beat one sample, each scored as ChartQA is scored.
-def _pie_extreme_rows(n: int, seed: int) -> Iterator[dict]:
-    return _family_rows("extreme_pie", ("pie",), n, seed)
-
-
-def _count_rows(n: int, seed: int) -> Iterator[dict]:
-    return _family_rows("count", ("bar", "line", "pie", "diagram"), n, seed)
-
-
-def _shape_rows(n: int, seed: int) -> Iterator[dict]:
-    return _family_rows("shape_name", ("geometry",), n, seed)
-
-
 BUILDERS: dict[str, Callable[[int, int], Iterator[dict]]] = {
     "ireasoner_chartqa_mini": _chartqa_rows,
     "ireasoner_ai2d_mini": _ai2d_rows,
     "ireasoner_geometry_mini": _geometry_rows,
-    "ireasoner_pie_extreme_mini": _pie_extreme_rows,
-    "ireasoner_count_mini": _count_rows,
-    "ireasoner_shape_mini": _shape_rows,
+    # Organism candidates (docs/embedded_model.md, "The model organism"): families where a majority
+    # of 5 can beat one sample, each scored as ChartQA is scored.
+    "ireasoner_pie_extreme_mini": functools.partial(_family_rows, "extreme_pie"),
+    "ireasoner_count_mini": functools.partial(_family_rows, "count"),
+    "ireasoner_shape_mini": functools.partial(_family_rows, "shape_name"),
 }
 # Default items per task where 200 is too few: an organism task's Δ of a few points needs >= 400 items.
 DEFAULT_SIZES: dict[str, int] = {"ireasoner_pie_extreme_mini": 400, "ireasoner_count_mini": 400,
